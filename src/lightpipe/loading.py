@@ -1,0 +1,251 @@
+"""config.json → model class → weights from safetensors.
+
+A model family lives in `models/<family>.py` and exports:
+  HEADS      {"base" | "sequence-classification" | "token-classification" |
+              "question-answering" | "masked-lm" | "causal-lm" | "seq2seq-lm": nn.Module class}
+             each class takes the config dict's dataclass (`Config.from_dict`) and has a
+             `base_model_prefix` (the Hub's: "bert", "transformer", "model", ...; "" if none)
+  Config     dataclass with `from_dict(dict)` keeping only the keys it declares
+  sanitize   optional `sanitize(state: dict) -> dict`: renames, transposes, dropped buffers
+  and, on a model class, optional `post_load()` (rebuild non-persistent buffers on the final
+  device) and `tie_weights()`.
+
+The model is built on the meta device (no memory, no random init), the checkpoint is
+loaded memory-mapped and assigned in place, and only parameters that a checkpoint
+legitimately lacks (a fresh head) are initialised — with a warning, as transformers does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Hub model_type → module in lightpipe.models
+FAMILIES = {
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "camembert": "bert",
+    "distilbert": "distilbert",
+    "gpt2": "gpt2",
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "bart": "bart",
+    "mbart": "bart",
+    "t5": "t5",
+    "marian": "marian",
+}
+
+# architectures[0] suffix → head, for choosing a head when the caller doesn't say
+ARCHITECTURE_HEADS = {
+    "ForSequenceClassification": "sequence-classification",
+    "ForTokenClassification": "token-classification",
+    "ForQuestionAnswering": "question-answering",
+    "ForMaskedLM": "masked-lm",
+    "ForCausalLM": "causal-lm",
+    "LMHeadModel": "causal-lm",
+    "ForConditionalGeneration": "seq2seq-lm",
+    "MTModel": "seq2seq-lm",
+}
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+def read_config(folder: Path) -> dict:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {folder}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def family_module(config: dict):
+    model_type = config.get("model_type")
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f"model_type {model_type!r} is not supported by lightpipe; supported: {sorted(FAMILIES)}"
+        )
+    return importlib.import_module(f"lightpipe.models.{FAMILIES[model_type]}")
+
+
+def checkpoint_head(config: dict) -> str:
+    """The head the checkpoint was saved with, from `architectures`."""
+    for arch in config.get("architectures") or []:
+        for suffix, head in ARCHITECTURE_HEADS.items():
+            if arch.endswith(suffix):
+                return head
+    return "base"
+
+
+def resolve_device(device) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        return device
+    if isinstance(device, int):
+        return torch.device("cpu") if device < 0 else torch.device("cuda", device)
+    if isinstance(device, str):
+        try:
+            return torch.device(device)
+        except RuntimeError:
+            pass
+    raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N', an int or a torch.device, got {device!r}")
+
+
+def resolve_dtype(dtype, config: dict, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        saved = config.get("torch_dtype") or config.get("dtype") or "float32"
+        chosen = DTYPES.get(saved, torch.float32)
+        if device.type == "cpu" and chosen == torch.float16:
+            return torch.float32  # half matmuls on CPU are slow and lossy; bf16 is fine
+        return chosen
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype must be 'auto', one of {sorted(DTYPES)} or a torch.dtype, got {dtype!r}")
+
+
+def weight_files(folder: Path, allow_pickle: bool = False) -> list[Path]:
+    """The checkpoint's weight files: safetensors (single or sharded); pickle only if allowed."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / s for s in shards]
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    pickled = [folder / "pytorch_model.bin"] if (folder / "pytorch_model.bin").is_file() else []
+    pickled_index = folder / "pytorch_model.bin.index.json"
+    if pickled_index.is_file():
+        pickled = [folder / s for s in sorted(set(json.loads(pickled_index.read_text())["weight_map"].values()))]
+    if pickled:
+        if not allow_pickle:
+            raise ValueError(
+                f"{folder} has only pickled weights ({pickled[0].name}); pickle can run code when loaded, "
+                "so lightpipe refuses it by default. Pass allow_pickle=True to load it anyway "
+                "(with torch.load(weights_only=True)), or convert the checkpoint to safetensors."
+            )
+        return pickled
+    raise FileNotFoundError(f"no model.safetensors (or sharded index) in {folder}")
+
+
+def read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            state.update(load_file(str(f), device="cpu"))
+        else:
+            state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+    return state
+
+
+def match_prefix(state: dict, expected: set[str], prefix: str) -> dict:
+    """Add or strip the base-model prefix so checkpoint keys line up with the model's."""
+    if not prefix:
+        return state
+    dotted = prefix + "."
+    has_prefix = any(k.startswith(dotted) for k in state)
+    wants_prefix = any(k.startswith(dotted) for k in expected)
+    if has_prefix and not wants_prefix:  # a head checkpoint loaded as a base model
+        return {k[len(dotted):]: v for k, v in state.items() if k.startswith(dotted)} | {
+            k: v for k, v in state.items() if not k.startswith(dotted) and k in expected
+        }
+    if wants_prefix and not has_prefix:  # a base checkpoint loaded under a head
+        return {(k if k in expected else dotted + k): v for k, v in state.items()}
+    return state
+
+
+def load_model(folder, head: str | None = None, *, dtype=None, device=None, allow_pickle: bool = False):
+    """Build the model of the checkpoint in `folder` with `head` and fill it with its weights.
+
+    Returns (model, config dict). The model is in eval mode on `device` in `dtype`.
+    """
+    folder = Path(folder)
+    config = read_config(folder)
+    module = family_module(config)
+    head = head or checkpoint_head(config)
+    if head not in module.HEADS:
+        raise ValueError(
+            f"{config['model_type']} models have no {head!r} head in lightpipe; available: {sorted(module.HEADS)}"
+        )
+    cls = module.HEADS[head]
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, config, device)
+
+    with torch.device("meta"):
+        model = cls(module.Config.from_dict(config))
+    expected = set(model.state_dict())
+
+    state = read_weights(weight_files(folder, allow_pickle))
+    if hasattr(module, "sanitize"):
+        state = module.sanitize(state)
+    saved_head = checkpoint_head(config)
+    state = match_prefix(state, expected, getattr(cls, "base_model_prefix", ""))
+
+    unexpected = sorted(set(state) - expected)
+    if unexpected:
+        if head != saved_head:
+            # e.g. the MLM head of a checkpoint loaded as a base model for embeddings
+            log.info("ignoring %d weights of the checkpoint's %s head", len(unexpected), saved_head)
+            state = {k: v for k, v in state.items() if k in expected}
+        else:
+            raise ValueError(f"checkpoint in {folder} has weights the model doesn't use: {unexpected[:10]}")
+
+    tied = set(getattr(model, "tied_weights", ()))
+    missing = sorted(expected - set(state) - tied)
+    # Only a head on top of a base model may be fresh; a missing base weight is an error.
+    dotted = getattr(cls, "base_model_prefix", "") + "."
+    has_head = dotted != "." and any(k.startswith(dotted) for k in expected)
+    base_missing = [k for k in missing if k.startswith(dotted)] if has_head else missing
+    if base_missing:
+        raise ValueError(f"checkpoint in {folder} lacks weights the model needs: {base_missing[:10]}")
+    model.load_state_dict(state, strict=False, assign=True)
+    if missing:
+        warnings.warn(
+            f"Some weights of {cls.__name__} were not in the checkpoint at {folder} and are newly initialized: "
+            f"{missing}. You should probably fine-tune this model before using it for predictions.",
+            stacklevel=2,
+        )
+        init_fresh(model, missing, config.get("initializer_range", 0.02))
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+    model = model.to(device=device, dtype=dtype)
+    if hasattr(model, "post_load"):
+        model.post_load()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, config
+
+
+def init_fresh(model: torch.nn.Module, names: list[str], std: float) -> None:
+    """Give parameters the checkpoint lacked real storage: normal(0, std) weights, zero biases."""
+    for name in names:
+        module_name, _, param_name = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        old = getattr(module, param_name)
+        fresh = torch.empty(old.shape, dtype=torch.float32)
+        if param_name == "bias" or old.dim() == 1 and "norm" not in module_name.lower():
+            fresh.zero_()
+        elif "norm" in module_name.lower():
+            fresh.fill_(1.0)
+        else:
+            fresh.normal_(0.0, std)
+        setattr(module, param_name, torch.nn.Parameter(fresh, requires_grad=False))

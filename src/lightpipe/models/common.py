@@ -1,0 +1,105 @@
+"""Small pieces shared by the model families: activations, masks, attention, the KV cache.
+
+Keep this file small. A family that needs a variant writes its own rather than growing
+flags here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+
+
+def activation(name: str):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
+
+
+def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, S) 1/0 mask → additive (B, 1, 1, S) mask for SDPA, or None when nothing is padded.
+
+    Additive (not boolean) because a fully masked row must not turn into NaN in SDPA.
+    """
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    mask = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - mask) * torch.finfo(dtype).min
+
+
+def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    B, T, C = x.shape
+    return x.view(B, T, n_heads, C // n_heads).transpose(1, 2)  # (B, H, T, D)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    B, H, T, D = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
+
+
+def attention(q, k, v, mask=None, causal=False, scale=None):
+    """Scaled dot-product attention on (B, H, T, D) tensors; `mask` additive or boolean."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale)
+
+
+def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
+    """The sin | cos position table of Marian/BART-style sinusoidal embeddings."""
+    position = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    inv = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    table = torch.zeros(n_positions, dim)
+    half = dim // 2 + dim % 2
+    table[:, :half] = torch.sin(position * inv)
+    table[:, half:] = torch.cos(position * inv[: dim // 2])
+    return table
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: written in place, never concatenated.
+
+    Shapes: (layers, B, H_kv, max_len, D). `length` is how many positions are filled;
+    a forward pass writes its T new positions at [length, length + T) and `advance(T)`
+    moves the cursor once all layers have written. `cross` holds encoder-decoder
+    cross-attention keys/values, computed once per generation.
+    """
+
+    def __init__(self, n_layers, batch, n_kv_heads, max_len, head_dim, dtype, device):
+        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+        self.max_len = max_len
+        self.cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, H_kv, T, D) at the cursor; return all filled keys/values for `layer`."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > max_len={self.max_len}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search re-ranking, dropping finished rows)."""
+        self.k = self.k.index_select(1, index)
+        self.v = self.v.index_select(1, index)
+        self.cross = {i: (k.index_select(0, index), v.index_select(0, index)) for i, (k, v) in self.cross.items()}
+
