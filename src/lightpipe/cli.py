@@ -1,0 +1,209 @@
+"""`lightpipe run | download | tasks | models | serve` — JSON on stdout, progress on stderr,
+errors as one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def parse_value(text: str):
+    """`--option key=value` values: JSON when it parses (numbers, booleans, lists), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def task_options(args) -> dict:
+    """The task keywords the flags name, plus any `--option key=value`."""
+    options = {}
+    if args.top_k is not None:
+        options["top_k"] = args.top_k
+    if args.labels is not None:
+        options["candidate_labels"] = [label.strip() for label in args.labels.split(",") if label.strip()]
+    for flag in ("aggregation_strategy", "max_new_tokens", "max_length", "num_beams", "temperature", "pooling"):
+        if getattr(args, flag, None) is not None:
+            options[flag] = getattr(args, flag)
+    if args.normalize:
+        options["normalize"] = True
+    if args.truncation:
+        options["truncation"] = True
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--option expects key=value, got {item!r}")
+        options[key.replace("-", "_")] = parse_value(value)
+    return options
+
+
+def cli_inputs(args) -> list:
+    """Inputs named on the command line, shaped the way the task takes them."""
+    texts = list(args.texts or [])
+    if args.task == "sentence-similarity":
+        if not args.source:
+            raise ValueError("sentence-similarity needs --source SENTENCE and the sentences to compare")
+        if not texts:
+            raise ValueError("sentence-similarity needs at least one sentence to compare with --source")
+        return [{"source_sentence": args.source, "sentences": texts}]
+    if args.task == "question-answering" or args.question or args.context:
+        if not (args.question and args.context):
+            raise ValueError("question-answering needs both --question and --context")
+        return [{"question": args.question, "context": args.context}]
+    if not texts:
+        raise ValueError("no input: give TEXT arguments or --input FILE")
+    return texts
+
+
+def read_input_file(path: str):
+    """One input per line: plain text, or JSON lines (a string, or an object for pair-shaped tasks)."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            yield json.loads(line) if line.lstrip().startswith(("{", '"')) else line
+
+
+def count_lines(path: str) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def progress(items, total, desc):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, total=total, desc=desc, unit=" items", file=sys.stderr, dynamic_ncols=True)
+
+
+def cmd_run(args) -> None:
+    from . import pipeline
+
+    options = task_options(args)
+    pipe = pipeline(args.task, model=args.model, revision=args.revision, device=args.device, dtype=args.dtype,
+                    batch_size=args.batch_size, allow_pickle=args.allow_pickle)
+    if args.input:
+        if args.texts:
+            raise ValueError("give TEXT arguments or --input FILE, not both")
+        results = pipe(read_input_file(args.input), **options)
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+        try:
+            for result in progress(results, count_lines(args.input), args.task):
+                out.write(json.dumps(result, ensure_ascii=False) + "\n")
+        finally:
+            if out is not sys.stdout:
+                out.close()
+        return
+    if args.stream:
+        for piece in pipe.stream(cli_inputs(args)[0], **options):
+            print(piece, end="", flush=True)
+        print()
+        return
+    inputs = cli_inputs(args)
+    results = pipe(inputs if len(inputs) > 1 else inputs[0], **options)
+    text = json.dumps(results, indent=2, ensure_ascii=False)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+
+
+def cmd_download(args) -> None:
+    from .hub import download
+
+    print(download(args.model, args.revision, allow_pickle=args.allow_pickle))
+
+
+def cmd_tasks(args) -> None:
+    from .tasks import TASKS
+
+    width = max(len(t.name) for t in TASKS.values()) + 2
+    for t in TASKS.values():
+        aliases = f" (aliases: {', '.join(t.aliases)})" if t.aliases else ""
+        revision = f"@{t.default_revision}" if t.default_revision else ""
+        print(f"{t.name:<{width}}{t.default_model}{revision}{aliases}")
+    print(f"{'translation_XX_to_YY':<{width}}{TASKS['translation'].default_model} (e.g. translation_en_to_fr)")
+
+
+def cmd_models(args) -> None:
+    from .hub import list_models
+
+    for m in list_models(task=args.task, language=args.language, search=args.search, limit=args.limit):
+        print(json.dumps(m))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lightpipe", description="The Hugging Face course's pipelines, lean and fast.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a task on texts or a file")
+    run.add_argument("task")
+    run.add_argument("texts", nargs="*", help="input texts")
+    run.add_argument("--model", help="Hub id or local folder (default: the task's default model)")
+    run.add_argument("--revision")
+    run.add_argument("--device", help="cpu, cuda, cuda:1")
+    run.add_argument("--dtype", help="auto, float32, bfloat16, float16")
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--allow-pickle", action="store_true", help="allow pickled pytorch_model.bin weights")
+    run.add_argument("--input", help="file with one text per line, or JSON lines")
+    run.add_argument("--output", help="write results here (JSON lines for --input)")
+    run.add_argument("--top-k", type=int)
+    run.add_argument("--labels", help="zero-shot candidate labels, comma-separated")
+    run.add_argument("--source", help="sentence-similarity: the sentence the others are compared with")
+    run.add_argument("--question")
+    run.add_argument("--context")
+    run.add_argument("--aggregation-strategy")
+    run.add_argument("--max-new-tokens", type=int)
+    run.add_argument("--max-length", type=int)
+    run.add_argument("--num-beams", type=int)
+    run.add_argument("--temperature", type=float)
+    run.add_argument("--pooling", help="feature-extraction: mean, cls, max or auto")
+    run.add_argument("--normalize", action="store_true")
+    run.add_argument("--truncation", action="store_true", help="cut inputs longer than the model accepts")
+    run.add_argument("--stream", action="store_true", help="text-generation: print tokens as they come")
+    run.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other task keyword")
+    run.set_defaults(func=cmd_run)
+
+    download = sub.add_parser("download", help="download a model into the Hugging Face cache")
+    download.add_argument("model")
+    download.add_argument("--revision")
+    download.add_argument("--allow-pickle", action="store_true")
+    download.set_defaults(func=cmd_download)
+
+    tasks = sub.add_parser("tasks", help="list tasks and their default models")
+    tasks.set_defaults(func=cmd_tasks)
+
+    models = sub.add_parser("models", help="search Hub models by task and language")
+    models.add_argument("--task")
+    models.add_argument("--language")
+    models.add_argument("--search")
+    models.add_argument("--limit", type=int, default=20)
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = parser._subparsers._group_actions[0].choices  # name → subcommand parser
+    if argv and argv[0] in commands:
+        # intermixed, so `run sentence-similarity --source A B C` gives B and C to the texts
+        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    else:
+        args = parser.parse_args(argv)  # usage / --help
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, ImportError, OSError) as e:
+        print(f"lightpipe: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

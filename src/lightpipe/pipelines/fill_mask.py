@@ -1,0 +1,97 @@
+"""fill-mask: the `top_k` most likely tokens for each mask token, with the filled sequence.
+One mask → a list of candidates; several masks → a list of candidate lists (transformers' shape)."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .base import Pipeline, check_known, check_text
+
+
+class FillMaskPipeline(Pipeline):
+    task = "fill-mask"
+    head = "masked-lm"
+    OPTIONS = {"top_k", "targets", "truncation", "batch_size"}
+
+    def __init__(self, *args, max_batch_tokens: int = 1024, **kwargs):
+        # (tokens × vocab) logits are large: a smaller budget keeps a batch's logits ~200 MB
+        super().__init__(*args, max_batch_tokens=max_batch_tokens, **kwargs)
+        if self.tokenizer.mask_token_id is None:
+            raise ValueError(f"{self.model_id or 'this model'}'s tokenizer defines no mask_token, so it can't fill masks")
+
+    def check_options(self, options):
+        check_known(options, self.OPTIONS, self.task)
+        top_k = options.get("top_k", 5)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        if options.get("targets") is not None and not isinstance(options["targets"], torch.Tensor):
+            options["targets"] = self.target_ids(options["targets"])
+        return options
+
+    def target_ids(self, targets) -> torch.Tensor:
+        """Target words → vocabulary ids; a word not in the vocabulary becomes its first token."""
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
+            raise TypeError("targets must be a string or a list of strings")
+        vocab = self.tokenizer.backend.get_vocab(with_added_tokens=True)
+        ids = []
+        for target in targets:
+            id_ = vocab.get(target)
+            if id_ is None:
+                pieces = self.tokenizer.encode(target, add_special_tokens=False).ids
+                if not pieces:
+                    warnings.warn(f"target {target!r} is not in the model vocabulary and encodes to nothing; ignoring it")
+                    continue
+                id_ = pieces[0]
+                warnings.warn(f"target {target!r} is not in the model vocabulary; using "
+                              f"{self.tokenizer.backend.id_to_token(id_)!r} instead")
+            ids.append(id_)
+        ids = list(set(ids))  # transformers dedups the same way (and so orders ties the same)
+        if not ids:
+            raise ValueError("targets: at least one target must be in the vocabulary")
+        return torch.tensor(ids)
+
+    def preprocess(self, item, truncation=False, **options):
+        rows = self.encode([check_text(item)], truncation=truncation)
+        if self.tokenizer.mask_token_id not in rows[0].ids:
+            raise ValueError(f"no mask token ({self.tokenizer.mask_token}) found in the input: {item!r:.80}")
+        return rows
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, **options):
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        logits = self.model(input_ids, attention_mask=attention_mask, **extra)  # (B, T, V)
+        # Keep only mask positions, left-aligned: (B, max_masks, V)
+        is_mask = input_ids == self.tokenizer.mask_token_id
+        width = int(is_mask.sum(1).max())
+        out = logits.new_zeros(input_ids.shape[0], width, logits.shape[-1])
+        for b in range(input_ids.shape[0]):
+            picked = logits[b, is_mask[b]]
+            out[b, : picked.shape[0]] = picked
+        return out
+
+    def postprocess(self, rows, outputs, top_k=5, targets=None, **options):
+        input_ids = torch.tensor(rows[0].ids)
+        positions = (input_ids == self.tokenizer.mask_token_id).nonzero().squeeze(-1)
+        probs = outputs[0][: len(positions)].softmax(-1)
+        if targets is not None:
+            probs = probs[..., targets]
+            top_k = min(top_k, len(targets))
+        values, predictions = probs.topk(top_k)
+        single = len(positions) == 1
+        result = []
+        for i, (vals, preds) in enumerate(zip(values.tolist(), predictions.tolist())):
+            candidates = []
+            for score, p in zip(vals, preds):
+                token = int(targets[p]) if targets is not None else p
+                filled = input_ids.clone()
+                filled[positions[i]] = token
+                filled = filled[filled != self.tokenizer.pad_token_id]
+                candidates.append({
+                    "score": score, "token": token, "token_str": self.tokenizer.decode([token]),
+                    "sequence": self.tokenizer.decode(filled, skip_special_tokens=single),
+                })
+            result.append(candidates)
+        return result[0] if single else result
