@@ -1,7 +1,6 @@
 """feature-extraction, sentence-similarity, text-classification and fill-mask against
 transformers 4.57.6's pipelines (and sentence-transformers for the real MiniLM), live."""
 
-import math
 import types
 
 import pytest
@@ -9,26 +8,11 @@ import torch
 import transformers
 
 from lightpipe import pipeline
+from compare import assert_same
 from tiny import encoder_checkpoint, sentences
 
 TEXTS = [s for s in sentences(40, start=40) if len(s) < 160][:12] + ["Short one.", "Ünïcödé text — with accents and ✓ symbols!"]
 SST2 = {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "label2id": {"NEGATIVE": 0, "POSITIVE": 1}}
-
-
-def assert_same(ours, theirs, tol=1e-4):
-    """Same structure, same strings/ints, floats within tol."""
-    if isinstance(theirs, dict):
-        assert isinstance(ours, dict) and set(ours) == set(theirs), (ours, theirs)
-        for key in theirs:
-            assert_same(ours[key], theirs[key], tol)
-    elif isinstance(theirs, (list, tuple)):
-        assert isinstance(ours, (list, tuple)) and len(ours) == len(theirs), (ours, theirs)
-        for a, b in zip(ours, theirs):
-            assert_same(a, b, tol)
-    elif isinstance(theirs, float):
-        assert math.isclose(ours, theirs, abs_tol=tol), (ours, theirs)
-    else:
-        assert ours == theirs
 
 
 @pytest.fixture(scope="module", params=["bert", "distilbert", "roberta"])

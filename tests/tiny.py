@@ -31,17 +31,19 @@ def sentences(n: int, start: int = 0) -> list[str]:
     return out
 
 
-def wordpiece_tokenizer(folder: Path, vocab_size: int = 400, lowercase: bool = True):
-    """BERT-style WordPiece: vocab.txt + tokenizer.json + tokenizer_config.json."""
+def wordpiece_tokenizer(folder: Path, vocab_size: int = 400, lowercase: bool = True, kind: str = "bert"):
+    """BERT-style WordPiece: vocab.txt + tokenizer.json + tokenizer_config.json
+    (`kind="distilbert"`: DistilBERT's, which gives no token_type_ids)."""
     from tokenizers.implementations import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast, DistilBertTokenizerFast
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     trainer = BertWordPieceTokenizer(lowercase=lowercase)
     trainer.train_from_iterator(corpus(), vocab_size=vocab_size, min_frequency=1)
     trainer.save_model(str(folder))
-    tok = BertTokenizerFast(str(folder / "vocab.txt"), do_lower_case=lowercase, model_max_length=128)
+    cls = DistilBertTokenizerFast if kind == "distilbert" else BertTokenizerFast
+    tok = cls(str(folder / "vocab.txt"), do_lower_case=lowercase, model_max_length=128)
     tok.save_pretrained(folder)
     return tok
 
@@ -112,7 +114,7 @@ def encoder_checkpoint(folder: Path, model_type: str = "bert", head: str = "sequ
     if model_type in ("roberta", "xlm-roberta", "camembert"):
         tokenizer = bpe_tokenizer(folder, "roberta")
     else:
-        tokenizer = wordpiece_tokenizer(folder, lowercase=overrides.pop("lowercase", True))
+        tokenizer = wordpiece_tokenizer(folder, lowercase=overrides.pop("lowercase", True), kind=model_type)
     config = encoder_config(model_type, tokenizer, **overrides)
     torch.manual_seed(seed)
     model = getattr(transformers, ENCODER_HEADS[head]).from_config(config)

@@ -56,29 +56,6 @@ def cli_inputs(args) -> list:
     return texts
 
 
-def read_input_file(path: str):
-    """One input per line: plain text, or JSON lines (a string, or an object for pair-shaped tasks)."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            yield json.loads(line) if line.lstrip().startswith(("{", '"')) else line
-
-
-def count_lines(path: str) -> int:
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
-
-
-def progress(items, total, desc):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, total=total, desc=desc, unit=" items", file=sys.stderr, dynamic_ncols=True)
-
-
 def cmd_run(args) -> None:
     from . import pipeline
 
@@ -88,14 +65,11 @@ def cmd_run(args) -> None:
     if args.input:
         if args.texts:
             raise ValueError("give TEXT arguments or --input FILE, not both")
-        results = pipe(read_input_file(args.input), **options)
-        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-        try:
-            for result in progress(results, count_lines(args.input), args.task):
-                out.write(json.dumps(result, ensure_ascii=False) + "\n")
-        finally:
-            if out is not sys.stdout:
-                out.close()
+        from .fileio import Columns, run_file
+
+        columns = Columns(args.column, args.pair_column, args.question_column, args.context_column)
+        run_file(pipe, args.input, args.output, options=options, fmt=args.format, columns=columns,
+                 window=args.window, resume=args.resume, task=args.task)
         return
     if args.stream:
         for piece in pipe.stream(cli_inputs(args)[0], **options):
@@ -149,8 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", help="auto, float32, bfloat16, float16")
     run.add_argument("--batch-size", type=int)
     run.add_argument("--allow-pickle", action="store_true", help="allow pickled pytorch_model.bin weights")
-    run.add_argument("--input", help="file with one text per line, or JSON lines")
-    run.add_argument("--output", help="write results here (JSON lines for --input)")
+    run.add_argument("--input", help="rows to run: .txt (a text per line), .jsonl, .csv, .tsv or .parquet; - for stdin")
+    run.add_argument("--output", help="write results here; with --input: rows with result columns, in the "
+                                      "extension's format (default: JSON results on stdout)")
+    run.add_argument("--format", choices=["text", "jsonl", "csv", "tsv", "parquet"],
+                     help="--input's format when its extension doesn't say")
+    run.add_argument("--column", help="--input column holding the text (default: text)")
+    run.add_argument("--pair-column", help="--input column holding the second text of a pair (text_pair)")
+    run.add_argument("--question-column", help="question-answering: --input column of questions (default: question)")
+    run.add_argument("--context-column", help="question-answering: --input column of contexts (default: context)")
+    run.add_argument("--resume", action="store_true", help="skip the rows already in --output (after an interruption)")
+    run.add_argument("--window", type=int, default=512, help="rows read, run and written at a time (default: 512)")
     run.add_argument("--top-k", type=int)
     run.add_argument("--labels", help="zero-shot candidate labels, comma-separated")
     run.add_argument("--source", help="sentence-similarity: the sentence the others are compared with")

@@ -178,15 +178,17 @@ def _byte_level_bpe(folder: Path, config: dict, model_type: str | None) -> Backe
     from tokenizers import processors
     from tokenizers.implementations import ByteLevelBPETokenizer
 
+    roberta_like = model_type in ("roberta", "bart", "longformer")
     tok = ByteLevelBPETokenizer(
         str(folder / "vocab.json"), str(folder / "merges.txt"),
         add_prefix_space=config.get("add_prefix_space", False),
-        trim_offsets=config.get("trim_offsets", True),
+        # transformers' GPT-2 converter keeps the space in offsets; RoBERTa's trims it
+        trim_offsets=config.get("trim_offsets", roberta_like),
     )
     backend = tok._tokenizer
     specials = [t for n in SPECIAL_NAMES if (t := _token_text(config.get(f"{n}_token")))]
     backend.add_special_tokens(list(dict.fromkeys(specials)))
-    if model_type in ("roberta", "bart", "longformer"):  # <s> A </s></s> B </s>
+    if roberta_like:  # <s> A </s></s> B </s>
         bos, eos = _token_text(config.get("cls_token")) or "<s>", _token_text(config.get("sep_token")) or "</s>"
         backend.post_processor = processors.RobertaProcessing(
             (eos, backend.token_to_id(eos)), (bos, backend.token_to_id(bos)),

@@ -1,0 +1,18 @@
+"""Structural comparison of pipeline outputs: same keys, strings and ints; floats within tol."""
+
+import math
+
+
+def assert_same(ours, theirs, tol=1e-4):
+    if isinstance(theirs, dict):
+        assert isinstance(ours, dict) and set(ours) == set(theirs), (ours, theirs)
+        for key in theirs:
+            assert_same(ours[key], theirs[key], tol)
+    elif isinstance(theirs, (list, tuple)):
+        assert isinstance(ours, (list, tuple)) and len(ours) == len(theirs), (ours, theirs)
+        for a, b in zip(ours, theirs):
+            assert_same(a, b, tol)
+    elif isinstance(theirs, float):
+        assert math.isclose(ours, theirs, abs_tol=tol), (ours, theirs)
+    else:
+        assert ours == theirs, (ours, theirs)
