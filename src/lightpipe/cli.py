@@ -71,8 +71,11 @@ def cmd_run(args) -> None:
         run_file(pipe, args.input, args.output, options=options, fmt=args.format, columns=columns,
                  window=args.window, resume=args.resume, task=args.task)
         return
-    if args.stream:
-        for piece in pipe.stream(cli_inputs(args)[0], **options):
+    if args.task == "text-generation" and len(args.texts or []) == 1 and not (args.json or args.output):
+        # one prompt on a terminal: show the text as it is generated
+        prompt = args.texts[0]
+        print(prompt, end="", flush=True)
+        for piece in pipe.stream(prompt, **options):
             print(piece, end="", flush=True)
         print()
         return
@@ -108,6 +111,24 @@ def cmd_models(args) -> None:
 
     for m in list_models(task=args.task, language=args.language, search=args.search, limit=args.limit):
         print(json.dumps(m))
+
+
+def cmd_serve(args) -> None:
+    try:
+        from .server import serve
+    except ImportError as e:
+        raise ImportError(f"lightpipe serve needs the serve extra: pip install 'lightpipe[serve]' ({e})") from None
+    from .hub import resolve
+    from .server.registry import parse_model_spec
+
+    if not args.model and not args.allow_load:
+        raise ValueError("give at least one --model [TASK=]MODEL (or --allow-load to load models from the playground)")
+    for spec in args.model or []:  # fail now, clearly, on a model that can't be found; weights load in the background
+        resolve(parse_model_spec(spec)[1])
+    serve(args.model or [], host=args.host, port=args.port, log_level=args.log_level,
+          max_batch_tokens=args.max_batch_tokens, max_concurrent_requests=args.max_concurrent_requests,
+          max_client_batch_size=args.max_client_batch_size, max_body_bytes=args.max_body_bytes,
+          allow_load=args.allow_load, device=args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pooling", help="feature-extraction: mean, cls, max or auto")
     run.add_argument("--normalize", action="store_true")
     run.add_argument("--truncation", action="store_true", help="cut inputs longer than the model accepts")
-    run.add_argument("--stream", action="store_true", help="text-generation: print tokens as they come")
+    run.add_argument("--json", action="store_true",
+                     help="text-generation: print the JSON result instead of streaming the text")
     run.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other task keyword")
     run.set_defaults(func=cmd_run)
 
@@ -166,6 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--search")
     models.add_argument("--limit", type=int, default=20)
     models.set_defaults(func=cmd_models)
+
+    serve = sub.add_parser("serve", help="HTTP server (HF Inference API, OpenAI, TEI routes) and browser playground")
+    serve.add_argument("--model", action="append", metavar="[TASK=]MODEL",
+                       help="a model to serve, optionally with its task (repeatable)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-batch-tokens", type=int, default=16384,
+                       help="input tokens coalesced into one batch across concurrent requests (default: 16384)")
+    serve.add_argument("--max-concurrent-requests", type=int, default=512,
+                       help="inference requests in flight; beyond it: 429 (default: 512)")
+    serve.add_argument("--max-client-batch-size", type=int, default=32,
+                       help="inputs in one request; beyond it: 413 (default: 32)")
+    serve.add_argument("--max-body-bytes", type=int, default=2 * 1024 * 1024,
+                       help="request body size; beyond it: 413 (default: 2 MiB)")
+    serve.add_argument("--allow-load", action="store_true", help="let the playground load Hub models by id")
+    serve.add_argument("--device", help="cpu, cuda, cuda:1")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

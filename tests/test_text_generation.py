@@ -1,0 +1,155 @@
+"""text-generation pipeline against transformers 4.57.6's, live, on tiny random GPT-2, Llama,
+Mistral and Qwen2 checkpoints: greedy, beams, batches, chat templates, lengths, streaming."""
+
+import pytest
+import torch
+import transformers
+
+from compare import assert_same
+from lightpipe import pipeline
+from tiny import bpe_tokenizer, save_checkpoint
+
+PROMPTS = ["The assert statement", "Python lists are mutable sequences, typically used to store",
+           "A class", "Ünïcödé café — naïve"]
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Explain attention in one sentence."}]
+
+
+def decoder_checkpoint(folder, model_type, chat_template=None, **overrides):
+    tokenizer = bpe_tokenizer(folder, "gpt2")
+    if chat_template:
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tokenizer.chat_template = chat_template
+    vocab = len(tokenizer)
+    eos = tokenizer.eos_token_id
+    if model_type == "gpt2":
+        config = transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                         bos_token_id=eos, eos_token_id=eos, **overrides)
+    else:
+        config = transformers.AutoConfig.for_model(
+            model_type, vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=eos,
+            eos_token_id=eos, tie_word_embeddings=model_type == "qwen2", **overrides)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # sharper logits: greedy paths without near-ties
+        model.lm_head.weight.mul_(8) if not config.tie_word_embeddings else None
+    return save_checkpoint(folder, model.eval(), tokenizer)
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama", "mistral", "qwen2"])
+def folder(request, tmp_path_factory):
+    return decoder_checkpoint(tmp_path_factory.mktemp(request.param), request.param, chat_template=CHATML)
+
+
+def both(folder):
+    return pipeline("text-generation", model=folder), transformers.pipeline("text-generation", model=str(folder))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"do_sample": False, "max_new_tokens": 12},
+    {"do_sample": False, "max_new_tokens": 10, "num_beams": 3, "num_return_sequences": 2},
+    {"do_sample": False, "max_new_tokens": 10, "return_full_text": False},
+    {"do_sample": False, "max_new_tokens": 8, "return_tensors": True},
+    {"do_sample": False, "max_new_tokens": 10, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
+])
+def test_matches_transformers(folder, kwargs):
+    ours, theirs = both(folder)
+    assert_same(ours(PROMPTS, **kwargs), theirs(PROMPTS, **kwargs))
+    assert_same(ours(PROMPTS[1], **kwargs), theirs(PROMPTS[1], **kwargs))
+
+
+def test_chat_matches_transformers(folder):
+    ours, theirs = both(folder)
+    assert_same(ours(CHAT, do_sample=False, max_new_tokens=8), theirs(CHAT, do_sample=False, max_new_tokens=8))
+    chats = [CHAT, CHAT[1:]]
+    assert_same(ours(chats, do_sample=False, max_new_tokens=6), theirs(chats, do_sample=False, max_new_tokens=6))
+    prefill = CHAT + [{"role": "assistant", "content": "Attention is"}]
+    assert_same(ours(prefill, do_sample=False, max_new_tokens=5), theirs(prefill, do_sample=False, max_new_tokens=5))
+
+
+def test_caller_max_length_is_honoured(folder):
+    """transformers 4.57.6 lets its injected max_new_tokens=256 beat a caller's max_length (a bug);
+    lightpipe honours max_length, which equals transformers told to drop max_new_tokens."""
+    ours, theirs = both(folder)
+    got = ours(PROMPTS[0], do_sample=False, max_length=20, return_tensors=True)
+    assert len(got[0]["generated_token_ids"]) <= 20
+    assert_same(got, theirs(PROMPTS[0], do_sample=False, max_length=20, max_new_tokens=None, return_tensors=True))
+
+
+def test_pipeline_defaults_match_transformers(tmp_path):
+    folder = decoder_checkpoint(tmp_path, "gpt2")
+    ours, theirs = both(folder)
+    for key in ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p"):
+        assert getattr(ours.generation, key) == getattr(theirs.generation_config, key), key
+    assert (ours.generation.max_length or 20) == theirs.generation_config.max_length  # None: the global 20
+
+
+def test_task_specific_params_length_wins_over_the_pipeline_default(tmp_path):
+    """GPT-2's config says task_specific_params["text-generation"] = {do_sample, max_length: 50}:
+    documented as taking precedence, so lightpipe generates up to 50 tokens, not 256."""
+    folder = decoder_checkpoint(tmp_path, "gpt2", task_specific_params={"text-generation": {"do_sample": True, "max_length": 50}})
+    ours = pipeline("text-generation", model=folder)
+    assert ours.generation.max_length == 50 and ours.generation.max_new_tokens is None and ours.generation.do_sample
+    out = ours(PROMPTS[0], seed=0, return_tensors=True)[0]["generated_token_ids"]
+    assert len(out) <= 50
+
+
+def test_sampling_is_deterministic_under_a_seed(folder):
+    ours = pipeline("text-generation", model=folder)
+    first = ours(PROMPTS, do_sample=True, seed=7, max_new_tokens=10)
+    assert ours(PROMPTS, do_sample=True, seed=7, max_new_tokens=10) == first
+    greedy = ours(PROMPTS, do_sample=False, max_new_tokens=10)
+    assert ours(PROMPTS, do_sample=True, top_k=1, seed=3, max_new_tokens=10) == greedy
+
+
+def test_stop_string_ends_the_text_at_the_stop(folder):
+    ours = pipeline("text-generation", model=folder)
+    full = ours(PROMPTS[0], do_sample=False, max_new_tokens=20, return_full_text=False)[0]["generated_text"]
+    stop = full[len(full) // 2: len(full) // 2 + 2]
+    assert stop.strip(), "greedy text too short to pick a stop string"
+    cut = ours(PROMPTS[0], do_sample=False, max_new_tokens=20, return_full_text=False, stop=stop)[0]["generated_text"]
+    assert stop in cut and full.startswith(cut[: cut.index(stop)]) and len(cut) < len(full)
+
+
+def test_stream_yields_the_same_text(folder):
+    ours = pipeline("text-generation", model=folder)
+    pieces = list(ours.stream(PROMPTS[3], do_sample=False, max_new_tokens=15))
+    assert len(pieces) > 1
+    whole = ours(PROMPTS[3], do_sample=False, max_new_tokens=15, return_full_text=False)[0]["generated_text"]
+    assert "".join(pieces) == whole
+    assert "".join(ours.stream(CHAT, do_sample=False, max_new_tokens=6)) == \
+        ours(CHAT, do_sample=False, max_new_tokens=6, return_full_text=False)[0]["generated_text"]
+
+
+def test_errors(tmp_path, folder):
+    ours = pipeline("text-generation", model=folder)
+    with pytest.raises(ValueError, match="temperature"):
+        ours(PROMPTS[0], do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match="top_p"):
+        ours(PROMPTS[0], do_sample=True, top_p=1.5)
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        ours(PROMPTS[0], num_beams=2, num_return_sequences=3, do_sample=False)
+    with pytest.raises(ValueError, match="unknown generation argument"):
+        ours(PROMPTS[0], max_new_tokenz=3)
+    with pytest.raises(ValueError, match="no room to generate|nothing left to generate"):
+        ours(" ".join(["word"] * 200), max_new_tokens=3)
+    plain = pipeline("text-generation", model=decoder_checkpoint(tmp_path, "gpt2"))
+    with pytest.raises(ValueError, match="chat_template"):
+        plain(CHAT)
+
+
+def test_cli_streams_one_prompt_and_prints_json_on_request(folder, capsys):
+    from lightpipe.cli import main
+
+    assert main(["run", "text-generation", PROMPTS[0], "--model", str(folder), "--max-new-tokens", "8",
+                 "--option", "do_sample=false"]) == 0
+    streamed = capsys.readouterr().out
+    expected = pipeline("text-generation", model=folder)(PROMPTS[0], do_sample=False, max_new_tokens=8)
+    assert streamed == expected[0]["generated_text"] + "\n"
+    assert main(["run", "text-generation", PROMPTS[0], "--model", str(folder), "--max-new-tokens", "8",
+                 "--option", "do_sample=false", "--json"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out) == expected
