@@ -77,7 +77,8 @@ def classification(texts, batch_size):
     from lightpipe.hub import resolve
 
     folder = Path(tempfile.mkdtemp(prefix="lp-bench-distilbert-"))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(resolve("sentence-transformers/all-MiniLM-L6-v2")))
+    # MiniLM's vocabulary is distilbert-base-uncased's; DistilBERT's tokenizer class gives no token types
+    tokenizer = transformers.DistilBertTokenizerFast.from_pretrained(str(resolve("sentence-transformers/all-MiniLM-L6-v2")))
     config = transformers.DistilBertConfig(vocab_size=tokenizer.vocab_size, id2label={0: "NEGATIVE", 1: "POSITIVE"},
                                            label2id={"NEGATIVE": 0, "POSITIVE": 1})
     torch.manual_seed(0)

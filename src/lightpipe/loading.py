@@ -7,6 +7,8 @@ A model family lives in `models/<family>.py` and exports:
              `base_model_prefix` (the Hub's: "bert", "transformer", "model", ...; "" if none)
   Config     dataclass with `from_dict(dict)` keeping only the keys it declares
   sanitize   optional `sanitize(state: dict) -> dict`: renames, transposes, dropped buffers
+  heads      optional `heads(config: dict) -> dict`, used instead of HEADS when classes depend on
+             model_type; a class may list `ignore_unexpected` substrings of checkpoint keys it skips
   and, on a model class, optional `post_load()` (rebuild non-persistent buffers on the final
   device) and `tie_weights()`.
 
@@ -180,11 +182,13 @@ def load_model(folder, head: str | None = None, *, dtype=None, device=None, allo
     config = read_config(folder)
     module = family_module(config)
     head = head or checkpoint_head(config)
-    if head not in module.HEADS:
+    # a family whose classes depend on model_type (e.g. the "roberta." prefix) exports heads(config)
+    heads = module.heads(config) if hasattr(module, "heads") else module.HEADS
+    if head not in heads:
         raise ValueError(
-            f"{config['model_type']} models have no {head!r} head in lightpipe; available: {sorted(module.HEADS)}"
+            f"{config['model_type']} models have no {head!r} head in lightpipe; available: {sorted(heads)}"
         )
-    cls = module.HEADS[head]
+    cls = heads[head]
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, config, device)
 
@@ -197,6 +201,10 @@ def load_model(folder, head: str | None = None, *, dtype=None, device=None, allo
         state = module.sanitize(state)
     saved_head = checkpoint_head(config)
     state = match_prefix(state, expected, getattr(cls, "base_model_prefix", ""))
+    # weights a checkpoint may carry that this class never uses (e.g. BERT's pooler): skip silently
+    ignored = tuple(getattr(cls, "ignore_unexpected", ()))
+    if ignored:
+        state = {k: v for k, v in state.items() if k in expected or not any(p in k for p in ignored)}
 
     unexpected = sorted(set(state) - expected)
     if unexpected:

@@ -78,7 +78,7 @@ class Pipeline:
             yield from self.run(window, options, batch_size)
 
     def run(self, items: list, options: dict, batch_size=None) -> list:
-        rows_per_item = [self.preprocess(item, **options) for item in items]
+        rows_per_item = self.preprocess_batch(items, **options)
         flat = [row for rows in rows_per_item for row in rows]
         outputs = iter(self.forward_rows(flat, batch_size, **options))
         return [self.postprocess(rows, [next(outputs) for _ in rows], **options) for rows in rows_per_item]
@@ -91,6 +91,11 @@ class Pipeline:
 
     def preprocess(self, item, **options) -> list:
         raise NotImplementedError
+
+    def preprocess_batch(self, items: list, **options) -> list[list]:
+        """Rows for every item. Tasks whose items are plain texts override this to tokenize
+        the whole window in one `encode_batch` call (parallel, in Rust)."""
+        return [self.preprocess(item, **options) for item in items]
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, **options):
         raise NotImplementedError

@@ -64,6 +64,9 @@ class FeatureExtractionPipeline(Pipeline):
     def preprocess(self, item, truncation=False, **options):
         return self.encode([check_text(item)], truncation=truncation)
 
+    def preprocess_batch(self, items, truncation=False, **options):
+        return [[row] for row in self.encode([check_text(i) for i in items], truncation=truncation)]
+
     def forward(self, input_ids, attention_mask, token_type_ids=None, **options):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         return self.model(input_ids, attention_mask=attention_mask, **extra)

@@ -50,6 +50,11 @@ class TextClassificationPipeline(Pipeline):
             raise ValueError('to classify a text pair, pass {"text": "My text", "text_pair": "My pair"}')
         return self.encode([check_text(item)], truncation=truncation)
 
+    def preprocess_batch(self, items, truncation=False, **options):
+        if all(isinstance(i, str) for i in items):  # the common case: one encode_batch for the window
+            return [[row] for row in self.encode(items, truncation=truncation)]
+        return [self.preprocess(i, truncation=truncation) for i in items]
+
     def forward(self, input_ids, attention_mask, token_type_ids=None, **options):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         return self.model(input_ids, attention_mask=attention_mask, **extra)
