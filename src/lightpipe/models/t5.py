@@ -1,0 +1,307 @@
+"""T5, T5 v1.1 and FLAN-T5: pre-norm RMS layers, no position embeddings but a learned bias per
+(relative distance bucket, head) added to the attention scores, and unscaled attention.
+
+Only the first block of each stack owns `relative_attention_bias`; the bias it computes is
+shared by every block of that stack. Parameter names follow the Hub (`shared`,
+`encoder.block.0.layer.0.SelfAttention.q`, ...) with no base-model prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from .common import KVCache, activation, attention, merge_heads, split_heads
+
+
+@dataclass
+class Config:
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64
+    d_ff: int = 2048
+    num_layers: int = 6
+    num_decoder_layers: int | None = None
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "relu"
+    tie_word_embeddings: bool = True
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        names = {f.name for f in fields(cls)}
+        cfg = cls(**{k: v for k, v in d.items() if k in names and v is not None})
+        cfg.num_decoder_layers = cfg.num_decoder_layers or cfg.num_layers
+        return cfg
+
+    @property
+    def gated(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def act(self) -> str:
+        # "gated-gelu" is the tanh approximation (T5 v1.1), kept so for backward compatibility
+        return "gelu_new" if self.feed_forward_proj == "gated-gelu" else self.feed_forward_proj.split("-")[-1]
+
+
+class RMSNorm(nn.Module):
+    """T5LayerNorm: scale only, no mean subtraction, statistics in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        return self.weight * x.to(self.weight.dtype)
+
+
+def clamp_fp16(x):
+    # transformers clamps fp16 activations after each sublayer so T5 doesn't overflow to inf
+    if x.dtype == torch.float16:
+        limit = torch.finfo(torch.float16).max - 1000
+        x = x.clamp(-limit, limit)
+    return x
+
+
+def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int, max_distance: int):
+    """Mesh TensorFlow's bucketing: exact buckets for small distances, log-spaced up to
+    max_distance. The encoder splits buckets between both directions; the decoder only looks back."""
+    buckets = 0
+    if bidirectional:
+        num_buckets //= 2
+        buckets = (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = -torch.clamp(relative_position, max=0)
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    # distance 0 takes the is_small branch; clamp avoids log(0) warnings in the other one
+    log_ratio = torch.log(distance.float().clamp(min=1) / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).long()
+    large = torch.clamp(large, max=num_buckets - 1)
+    return buckets + torch.where(is_small, distance, large)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config, has_relative_attention_bias: bool, bidirectional: bool):
+        super().__init__()
+        inner = cfg.num_heads * cfg.d_kv
+        self.n_heads = cfg.num_heads
+        self.q = nn.Linear(cfg.d_model, inner, bias=False)
+        self.k = nn.Linear(cfg.d_model, inner, bias=False)
+        self.v = nn.Linear(cfg.d_model, inner, bias=False)
+        self.o = nn.Linear(inner, cfg.d_model, bias=False)
+        self.bidirectional = bidirectional
+        self.num_buckets = cfg.relative_attention_num_buckets
+        self.max_distance = cfg.relative_attention_max_distance
+        if has_relative_attention_bias:
+            self.relative_attention_bias = nn.Embedding(cfg.relative_attention_num_buckets, cfg.num_heads)
+
+    def position_bias(self, q_start: int, q_len: int, k_len: int, device):
+        """Bias for queries at positions [q_start, q_start + q_len) against keys [0, k_len)."""
+        context = torch.arange(q_start, q_start + q_len, device=device)[:, None]
+        memory = torch.arange(k_len, device=device)[None, :]
+        buckets = relative_position_bucket(memory - context, self.bidirectional, self.num_buckets, self.max_distance)
+        return self.relative_attention_bias(buckets).permute(2, 0, 1)[None]  # (1, H, q_len, k_len)
+
+    def project_kv(self, x):
+        return split_heads(self.k(x), self.n_heads), split_heads(self.v(x), self.n_heads)  # (B, H, S, D)
+
+    def forward(self, x, k, v, bias):
+        q = split_heads(self.q(x), self.n_heads)  # (B, H, T, D)
+        # T5 folds the 1/sqrt(d) scaling into its initialisation: attention is unscaled
+        return self.o(merge_heads(attention(q, k, v, mask=bias, scale=1.0)))
+
+
+class SelfAttentionLayer(nn.Module):
+    def __init__(self, cfg: Config, has_relative_attention_bias: bool, bidirectional: bool):
+        super().__init__()
+        self.SelfAttention = Attention(cfg, has_relative_attention_bias, bidirectional)
+        self.layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
+
+    def forward(self, x, bias, i: int, cache: KVCache | None):
+        h = self.layer_norm(x)
+        k, v = self.SelfAttention.project_kv(h)
+        if cache is not None:
+            k, v = cache.update(i, k, v)
+        return x + self.SelfAttention(h, k, v, bias)
+
+
+class CrossAttentionLayer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.EncDecAttention = Attention(cfg, False, False)
+        self.layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
+
+    def forward(self, x, encoder_hidden, mask, i: int, cache: KVCache | None):
+        if cache is not None and i in cache.cross:
+            k, v = cache.cross[i]
+        else:  # the encoder output is fixed during generation: project it once
+            k, v = self.EncDecAttention.project_kv(encoder_hidden)
+            if cache is not None:
+                cache.cross[i] = (k, v)
+        return x + self.EncDecAttention(self.layer_norm(x), k, v, mask)  # no position bias across stacks
+
+
+class DenseReluDense(nn.Module):
+    """wi → act → wo, or gated (v1.1/FLAN): act(wi_0 x) * wi_1 x → wo."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        if cfg.gated:
+            self.wi_0 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+            self.wi_1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        else:
+            self.wi = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.act = activation(cfg.act)
+        self.gated = cfg.gated
+
+    def forward(self, x):
+        h = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))
+        return self.wo(h.to(self.wo.weight.dtype))  # FLAN-T5-XXL keeps wo in float32
+
+
+class FeedForwardLayer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.DenseReluDense = DenseReluDense(cfg)
+        self.layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
+
+    def forward(self, x):
+        return x + self.DenseReluDense(self.layer_norm(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config, is_decoder: bool, first: bool):
+        super().__init__()
+        self.is_decoder = is_decoder
+        layers = [SelfAttentionLayer(cfg, first, bidirectional=not is_decoder)]
+        if is_decoder:
+            layers.append(CrossAttentionLayer(cfg))
+        layers.append(FeedForwardLayer(cfg))
+        self.layer = nn.ModuleList(layers)
+
+    def forward(self, x, bias, i, encoder_hidden=None, cross_mask=None, cache=None):
+        x = clamp_fp16(self.layer[0](x, bias, i, cache))
+        if self.is_decoder:
+            x = clamp_fp16(self.layer[1](x, encoder_hidden, cross_mask, i, cache))
+        return clamp_fp16(self.layer[-1](x))
+
+
+class Stack(nn.Module):
+    def __init__(self, cfg: Config, embed_tokens: nn.Embedding, is_decoder: bool):
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.is_decoder = is_decoder
+        n = cfg.num_decoder_layers if is_decoder else cfg.num_layers
+        self.block = nn.ModuleList(Block(cfg, is_decoder, first=(i == 0)) for i in range(n))
+        self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
+
+    def forward(self, input_ids, attention_mask=None, encoder_hidden=None, encoder_mask=None, cache=None):
+        x = self.embed_tokens(input_ids)  # T5 doesn't scale its embeddings
+        T = input_ids.shape[1]
+        past = cache.length if cache is not None else 0
+        # one bias for the whole stack, masks folded in (SDPA takes it as an additive mask)
+        bias = self.block[0].layer[0].SelfAttention.position_bias(past, T, past + T, x.device).to(x.dtype)
+        allowed = None
+        if self.is_decoder and T > 1:  # a single new token may see every key
+            keys = torch.arange(past + T, device=x.device)
+            queries = torch.arange(past, past + T, device=x.device)
+            allowed = (keys[None, :] <= queries[:, None])[None, None]  # (1, 1, T, K)
+        if attention_mask is not None and not bool(attention_mask.all()):
+            pad = attention_mask[:, None, None, :].bool()  # (B, 1, 1, K)
+            allowed = pad if allowed is None else allowed & pad
+        if allowed is not None:
+            bias = bias.masked_fill(~allowed, torch.finfo(x.dtype).min)  # (B or 1, H, T, K)
+        enc_mask = None
+        if self.is_decoder and encoder_mask is not None:  # (B, 1, 1, S); no host sync per decode step
+            enc_mask = (1.0 - encoder_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        for i, block in enumerate(self.block):
+            x = block(x, bias, i, encoder_hidden, enc_mask, cache)
+        return self.final_layer_norm(x)
+
+
+class T5Model(nn.Module):
+    """Encoder + decoder; returns the decoder's last hidden state."""
+
+    base_model_prefix = ""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.config = cfg
+        # one module under three names, as in transformers: the checkpoint needs only one of them
+        self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.encoder = Stack(cfg, self.shared, is_decoder=False)
+        self.decoder = Stack(cfg, self.shared, is_decoder=True)
+        self.tied_weights = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+
+    def tie_weights(self):
+        if self.shared.weight.is_meta:
+            raise ValueError("checkpoint has no token embeddings (shared / encoder|decoder.embed_tokens)")
+
+    def encode(self, input_ids, attention_mask=None):
+        return self.encoder(input_ids, attention_mask)
+
+    def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
+        if decoder_input_ids is None:
+            raise ValueError("T5 needs decoder_input_ids (start them with decoder_start_token_id, the pad id)")
+        enc = self.encode(input_ids, attention_mask)
+        return self.decoder(decoder_input_ids, decoder_attention_mask, enc, attention_mask)
+
+
+class T5ForConditionalGeneration(T5Model):
+    is_encoder_decoder = True
+    max_positions = None  # relative positions: no hard length limit
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.tied_weights = self.tied_weights + ["lm_head.weight"]
+
+    def tie_weights(self):
+        super().tie_weights()
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.shared.weight
+
+    def post_load(self):
+        self.tie_weights()
+
+    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
+        cfg, w = self.config, self.lm_head.weight
+        layers, heads = cfg.num_decoder_layers, cfg.num_heads
+        return KVCache(layers, batch, heads, max_len, cfg.d_kv, dtype or w.dtype, device or w.device)
+
+    def decode(self, decoder_input_ids, encoder_hidden, encoder_mask=None, cache=None, decoder_attention_mask=None):
+        h = self.decoder(decoder_input_ids, decoder_attention_mask, encoder_hidden, encoder_mask, cache)
+        if cache is not None:  # every layer has written its T new keys: move the cursor (engine protocol)
+            cache.advance(decoder_input_ids.shape[1])
+        if self.config.tie_word_embeddings:  # Mesh TF rescales before the tied projection
+            h = h * self.config.d_model**-0.5
+        return self.lm_head(h)  # (B, T, V)
+
+    def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
+        if decoder_input_ids is None:
+            raise ValueError("T5 needs decoder_input_ids (start them with decoder_start_token_id, the pad id)")
+        enc = self.encode(input_ids, attention_mask)
+        return self.decode(decoder_input_ids, enc, attention_mask, decoder_attention_mask=decoder_attention_mask)
+
+
+HEADS = {"base": T5Model, "seq2seq-lm": T5ForConditionalGeneration}
+
+
+def sanitize(state: dict) -> dict:
+    # some old checkpoints carry a cross-attention position bias that T5 never uses
+    return {k: v for k, v in state.items() if "EncDecAttention.relative_attention_bias" not in k}
