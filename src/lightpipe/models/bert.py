@@ -277,9 +277,11 @@ class BertForMaskedLM(_Head):
         if "cls.predictions.decoder.weight" in self.tied_weights:
             head.decoder.weight = self.encoder_model.embeddings.word_embeddings.weight
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, select=None) -> torch.Tensor:
+        """`select` (B, T) bool: project only those positions → (N, V) (fill-mask needs a few, not T × V)."""
         head = self.cls.predictions
         x = self.encoder_model(input_ids, attention_mask, token_type_ids)
+        x = x if select is None else x[select]
         x = head.transform.LayerNorm(self.act(head.transform.dense(x)))
         return head.decoder(x)  # (B, T, V)
 
@@ -306,9 +308,11 @@ class RobertaForMaskedLM(_Head):
         if "lm_head.decoder.weight" in self.tied_weights:
             self.lm_head.decoder.weight = self.encoder_model.embeddings.word_embeddings.weight
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, select=None) -> torch.Tensor:
+        """`select` (B, T) bool: project only those positions → (N, V)."""
         head = self.lm_head
         x = self.encoder_model(input_ids, attention_mask, token_type_ids)
+        x = x if select is None else x[select]
         return head.decoder(head.layer_norm(F.gelu(head.dense(x))))  # (B, T, V)
 
 

@@ -187,8 +187,10 @@ class DistilBertForMaskedLM(_Head):
         if self.tied_weights:
             self.vocab_projector.weight = self.distilbert.embeddings.word_embeddings.weight
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, select=None) -> torch.Tensor:
+        """`select` (B, T) bool: project only those positions → (N, V) (fill-mask needs a few, not T × V)."""
         x = self.distilbert(input_ids, attention_mask)
+        x = x if select is None else x[select]
         x = self.vocab_layer_norm(self.act(self.vocab_transform(x)))
         return self.vocab_projector(x)  # (B, T, V)
 

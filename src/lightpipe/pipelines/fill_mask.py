@@ -15,9 +15,8 @@ class FillMaskPipeline(Pipeline):
     head = "masked-lm"
     OPTIONS = {"top_k", "targets", "truncation", "batch_size"}
 
-    def __init__(self, *args, max_batch_tokens: int = 1024, **kwargs):
-        # (tokens × vocab) logits are large: a smaller budget keeps a batch's logits ~200 MB
-        super().__init__(*args, max_batch_tokens=max_batch_tokens, **kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         if self.tokenizer.mask_token_id is None:
             raise ValueError(f"{self.model_id or 'this model'}'s tokenizer defines no mask_token, so it can't fill masks")
 
@@ -62,14 +61,14 @@ class FillMaskPipeline(Pipeline):
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, **options):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        logits = self.model(input_ids, attention_mask=attention_mask, **extra)  # (B, T, V)
-        # Keep only mask positions, left-aligned: (B, max_masks, V)
         is_mask = input_ids == self.tokenizer.mask_token_id
-        width = int(is_mask.sum(1).max())
-        out = logits.new_zeros(input_ids.shape[0], width, logits.shape[-1])
-        for b in range(input_ids.shape[0]):
-            picked = logits[b, is_mask[b]]
-            out[b, : picked.shape[0]] = picked
+        picked = self.model(input_ids, attention_mask=attention_mask, select=is_mask, **extra)  # (N, V) masks only
+        # left-align each row's masks: (B, max_masks, V)
+        counts = is_mask.sum(1)
+        out = picked.new_zeros(input_ids.shape[0], int(counts.max()), picked.shape[-1])
+        row = torch.arange(input_ids.shape[0], device=input_ids.device).repeat_interleave(counts)
+        slot = torch.cat([torch.arange(int(n), device=input_ids.device) for n in counts])
+        out[row, slot] = picked
         return out
 
     def postprocess(self, rows, outputs, top_k=5, targets=None, **options):
