@@ -12,3 +12,11 @@ def hub_server(monkeypatch, tmp_path):
     hub.cache = use_hub(monkeypatch, hub, tmp_path / "hf" / "hub")
     yield hub
     hub.stop()
+
+
+def pytest_configure(config):
+    # The tests' models are tiny: one thread beats OpenMP's spin-up, and keeps the suite quick
+    # when other processes hold the cores.
+    import torch
+
+    torch.set_num_threads(1)
