@@ -3,8 +3,9 @@ process on the same real sentences (Python's own docs, `pydoc_data.topics`).
 
     python benchmarks/encoders.py [--n 2000] [--batch-size 32]
 
-Rows: all-MiniLM-L6-v2 sentence embeddings; text-classification on a DistilBERT-size
-checkpoint with random weights (speed doesn't depend on weight values).
+Rows: all-MiniLM-L6-v2 sentence embeddings; text-classification, NER and zero-shot (200
+sentences x 5 labels) on DistilBERT-size checkpoints with random weights (speed doesn't depend
+on weight values).
 """
 
 from __future__ import annotations
@@ -70,21 +71,31 @@ def embeddings(texts, batch_size):
     print(f"  lightpipe vs sentence-transformers: {t_st / t_ours:.2f}x")
 
 
+def distilbert_size(head: str, labels: list[str]) -> Path:
+    """A DistilBERT-base-shaped checkpoint with random weights (MiniLM's uncased vocabulary)."""
+    import transformers
+
+    from lightpipe.hub import resolve
+
+    folder = Path(tempfile.mkdtemp(prefix=f"lp-bench-{head}-"))
+    # MiniLM's vocabulary is distilbert-base-uncased's; DistilBERT's tokenizer class gives no token types
+    tokenizer = transformers.DistilBertTokenizerFast.from_pretrained(str(resolve("sentence-transformers/all-MiniLM-L6-v2")))
+    config = transformers.DistilBertConfig(vocab_size=tokenizer.vocab_size, id2label=dict(enumerate(labels)),
+                                           label2id={name: i for i, name in enumerate(labels)})
+    torch.manual_seed(0)
+    cls = {"sequence": transformers.DistilBertForSequenceClassification,
+           "token": transformers.DistilBertForTokenClassification}[head]
+    cls(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def classification(texts, batch_size):
     import transformers
 
     from lightpipe import pipeline
-    from lightpipe.hub import resolve
 
-    folder = Path(tempfile.mkdtemp(prefix="lp-bench-distilbert-"))
-    # MiniLM's vocabulary is distilbert-base-uncased's; DistilBERT's tokenizer class gives no token types
-    tokenizer = transformers.DistilBertTokenizerFast.from_pretrained(str(resolve("sentence-transformers/all-MiniLM-L6-v2")))
-    config = transformers.DistilBertConfig(vocab_size=tokenizer.vocab_size, id2label={0: "NEGATIVE", 1: "POSITIVE"},
-                                           label2id={"NEGATIVE": 0, "POSITIVE": 1})
-    torch.manual_seed(0)
-    transformers.DistilBertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
+    folder = distilbert_size("sequence", ["NEGATIVE", "POSITIVE"])
     ours = pipeline("text-classification", model=folder)
     theirs = transformers.pipeline("text-classification", model=str(folder))
     print(f"text-classification, DistilBERT-size random weights, {len(texts)} sentences, batch_size={batch_size}")
@@ -95,11 +106,47 @@ def classification(texts, batch_size):
     row("lightpipe", len(texts), t_ours, t_theirs)
 
 
+def ner(texts, batch_size):
+    import transformers
+
+    from lightpipe import pipeline
+
+    folder = distilbert_size("token", ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"])
+    ours = pipeline("ner", model=folder)
+    theirs = transformers.pipeline("ner", model=str(folder))
+    print(f"ner (aggregation_strategy=simple), DistilBERT-size, {len(texts)} sentences, batch_size={batch_size}")
+    ours(texts[:16]), theirs(texts[:16])  # warm-up
+    t_theirs = timed(lambda: theirs(texts, aggregation_strategy="simple", batch_size=batch_size))
+    t_ours = timed(lambda: ours(texts, aggregation_strategy="simple", batch_size=batch_size))
+    row("transformers pipeline", len(texts), t_theirs)
+    row("lightpipe", len(texts), t_ours, t_theirs)
+
+
+def zero_shot(texts, batch_size):
+    """transformers' default runs each (text, label) pair alone; lightpipe batches all pairs sorted."""
+    import transformers
+
+    from lightpipe import pipeline
+
+    folder = distilbert_size("sequence", ["contradiction", "neutral", "entailment"])
+    labels = ["education", "politics", "business", "sports", "technology"]
+    ours = pipeline("zero-shot-classification", model=folder)
+    theirs = transformers.pipeline("zero-shot-classification", model=str(folder))
+    print(f"zero-shot-classification, DistilBERT-size NLI, {len(texts)} sentences x {len(labels)} labels")
+    ours(texts[:16], labels), theirs(texts[:16], labels)  # warm-up
+    t_default = timed(lambda: theirs(texts, labels))
+    t_batched = timed(lambda: theirs(texts, labels, batch_size=batch_size))
+    t_ours = timed(lambda: ours(texts, labels))
+    row("transformers pipeline (default batch_size)", len(texts), t_default)
+    row(f"transformers pipeline (batch_size={batch_size})", len(texts), t_batched, t_default)
+    row("lightpipe (default)", len(texts), t_ours, t_default)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--only", choices=["embeddings", "classification"])
+    parser.add_argument("--only", choices=["embeddings", "classification", "ner", "zero-shot"])
     args = parser.parse_args()
     texts = sentences(args.n)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -107,6 +154,10 @@ def main():
         embeddings(texts, args.batch_size)
     if args.only in (None, "classification"):
         classification(texts, args.batch_size)
+    if args.only in (None, "ner"):
+        ner(texts, args.batch_size)
+    if args.only in (None, "zero-shot"):
+        zero_shot(texts[:200], args.batch_size)
 
 
 if __name__ == "__main__":
