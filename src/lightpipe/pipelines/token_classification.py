@@ -56,7 +56,8 @@ class TokenClassificationPipeline(Pipeline):
     task = "token-classification"
     head = "token-classification"
     token_outputs = True
-    OPTIONS = {"aggregation_strategy", "grouped_entities", "ignore_subwords", "ignore_labels", "stride", "batch_size"}
+    OPTIONS = {"aggregation_strategy", "grouped_entities", "ignore_subwords", "ignore_labels", "stride", "truncation",
+               "batch_size"}
 
     def check_options(self, options):
         check_known(options, self.OPTIONS, self.task)
@@ -98,11 +99,17 @@ class TokenClassificationPipeline(Pipeline):
 
     # -- rows ----------------------------------------------------------------------------
 
-    def preprocess(self, item, stride=None, **options):
+    def preprocess(self, item, stride=None, truncation=False, **options):
         text = check_text(item)
-        # transformers always truncates to the model's maximum; stride turns the rest into windows
+        # transformers silently truncates to the model's maximum; lightpipe asks the caller to
+        # choose: `stride` tags the rest in windows, `truncation=True` tags only the first window
         enc = self.tokenizer.encode_batch([text], truncation=True, max_length=self.max_input_tokens,
                                           stride=stride or 0)[0]
+        if enc.overflowing and stride is None and not truncation:
+            raise ValueError(
+                f"text is longer than the {self.max_input_tokens} tokens the model takes (it starts {text[:40]!r}); "
+                "pass stride=N to tag all of it in overlapping windows, or truncation=True to tag only the start"
+            )
         encodings = [enc, *enc.overflowing] if stride is not None else [enc]
         return [Window(e, text) for e in encodings]
 
