@@ -25,6 +25,9 @@ demo: venv
 
 test-deps: venv
 	$(BIN)/pip install -q -e '.[test,serve,files,ray]'
+	# headless Chromium drives the playground test
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
 test: test-deps
 	$(BIN)/python -m pytest -x -p no:cacheprovider

@@ -23,9 +23,12 @@ def task_options(args) -> dict:
         options["top_k"] = args.top_k
     if args.labels is not None:
         options["candidate_labels"] = [label.strip() for label in args.labels.split(",") if label.strip()]
-    for flag in ("aggregation_strategy", "max_new_tokens", "max_length", "num_beams", "temperature", "pooling"):
+    for flag in ("aggregation_strategy", "max_new_tokens", "max_length", "num_beams", "temperature", "pooling",
+                 "hypothesis_template"):
         if getattr(args, flag, None) is not None:
             options[flag] = getattr(args, flag)
+    if getattr(args, "multi_label", False):
+        options["multi_label"] = True
     if args.normalize:
         options["normalize"] = True
     if args.truncation:
@@ -160,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source", help="sentence-similarity: the sentence the others are compared with")
     run.add_argument("--question")
     run.add_argument("--context")
-    run.add_argument("--aggregation-strategy")
+    run.add_argument("--aggregation-strategy", help="token-classification: none, simple, first, average or max")
+    run.add_argument("--multi-label", action="store_true", help="zero-shot: score each label independently")
+    run.add_argument("--hypothesis-template", help='zero-shot: e.g. "This example is {}."')
     run.add_argument("--max-new-tokens", type=int)
     run.add_argument("--max-length", type=int)
     run.add_argument("--num-beams", type=int)

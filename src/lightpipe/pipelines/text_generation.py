@@ -207,16 +207,32 @@ class TextGenerationPipeline(Pipeline):
                                          pipeline_opts.get("continue_final_message"))
         tokens: queue.Queue = queue.Queue()
         failure: list[BaseException] = []
+        cancelled = threading.Event()  # the consumer stopped reading: stop spending compute
+
+        def put(step_tokens):
+            if cancelled.is_set():
+                raise _Cancelled
+            tokens.put(int(step_tokens[0]))
 
         def work():
             try:
-                self.generate(prompts, config, streamer=lambda t: tokens.put(int(t[0])))
+                self.generate(prompts, config, streamer=put)
+            except _Cancelled:
+                pass
             except BaseException as e:  # surfaced in the consumer below
                 failure.append(e)
             finally:
                 tokens.put(None)
 
         threading.Thread(target=work, daemon=True).start()
+        try:
+            yield from self._pieces(tokens, config, pipeline_opts)
+        finally:
+            cancelled.set()
+        if failure:
+            raise failure[0]
+
+    def _pieces(self, tokens: queue.Queue, config, pipeline_opts):
         eos = set(_as_list(config.eos_token_id))
         new_ids: list[int] = []
         sent = 0
@@ -229,11 +245,13 @@ class TextGenerationPipeline(Pipeline):
             if len(text) > sent and not text.endswith("\ufffd"):
                 yield text[sent:]
                 sent = len(text)
-        if failure:
-            raise failure[0]
         text = self.tokenizer.decode(new_ids, skip_special_tokens=skip)
         if len(text) > sent:
             yield text[sent:]
+
+
+class _Cancelled(Exception):
+    """Raised inside generation when a stream's consumer has gone away."""
 
 
 def _as_list(value) -> list:

@@ -1,0 +1,293 @@
+"""Dynamic batching: concurrent requests to one pipeline are coalesced into one pipeline call.
+
+Each served pipeline has one worker thread; only it touches the model, so the event loop stays
+free to accept, validate and answer while the model runs. Requests queue `Job`s. The worker
+takes the oldest job, adds every waiting job with the same call and options (oldest first)
+while the batch's input tokens stay under `max_batch_tokens`, runs the pipeline once on all
+their inputs (the pipeline then length-sorts and pads per forward pass) and hands each job its
+slice of the results. There is no waiting window: whatever queued while the previous batch ran
+is the next batch, so a lone request is never delayed and a busy server batches more.
+
+A failing batch is re-run one job at a time, so one bad input fails only its own request.
+
+Token streams (text generation) are generators the worker advances one piece at a time,
+round-robin between active streams and the batches, so several streams progress together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+log = logging.getLogger("lightpipe.server")
+
+
+@dataclass
+class Done:
+    results: list  # one result per input of the job, in order
+    tokens: int  # input tokens the job's inputs count (for usage fields)
+
+
+@dataclass
+class Job:
+    fn: str  # "run": pipeline.run(items, options) | "embed": pipeline.embed(items, **options)
+    items: list
+    options: dict
+    seed: int | None = None
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    enqueued: float = field(default_factory=time.perf_counter)
+    tokens: int | None = None
+
+    @property
+    def key(self) -> tuple:
+        """Jobs coalesce only with jobs making the same call with the same options."""
+        return self.fn, self.seed, json.dumps(self.options, sort_keys=True, default=repr)
+
+
+class Stream:
+    """The consuming side of a token stream: `async for piece in stream`. Pieces cross from the
+    worker thread to the event loop through `call_soon_threadsafe`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.cancelled = False
+
+    def push(self, kind: str, value=None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed: the server is shutting down
+            self.cancelled = True
+
+    async def __aiter__(self):
+        try:
+            while True:
+                kind, value = await self.queue.get()
+                if kind == "piece":
+                    yield value
+                elif kind == "end":
+                    return
+                else:
+                    raise value
+        finally:
+            self.cancelled = True  # consumer gone (finished, failed or disconnected): stop generating
+
+
+class Batcher:
+    def __init__(self, pipe, name: str, max_batch_tokens: int = 16384, metrics=None):
+        self.pipe = pipe
+        self.name = name
+        self.max_batch_tokens = max_batch_tokens
+        self.metrics = metrics
+        self._pending: deque[Job] = deque()
+        self._new_streams: list[tuple[Callable[[], Iterator], Stream]] = []
+        self._streams: list[tuple[Iterator, Stream]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"lightpipe-batcher[{name}]", daemon=True)
+        self._thread.start()
+
+    # -- the event loop's side -------------------------------------------------------------
+
+    def submit(self, fn: str, items: list, options: dict | None = None, seed: int | None = None) -> concurrent.futures.Future:
+        job = Job(fn, list(items), dict(options or {}), seed)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            self._pending.append(job)
+            self._cond.notify()
+        return job.future
+
+    async def __call__(self, fn: str, items: list, options: dict | None = None, seed: int | None = None) -> Done:
+        return await asyncio.wrap_future(self.submit(fn, items, options, seed))
+
+    def stream(self, make: Callable[[], Iterator]) -> Stream:
+        """Run `make()` (a generator of text pieces) on the worker; iterate the result."""
+        stream = Stream(asyncio.get_running_loop())
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            self._new_streams.append((make, stream))
+            self._cond.notify()
+        return stream
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending) + len(self._new_streams)
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._streams)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+    # -- the worker's side -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._pending or self._new_streams or self._streams or self._closed):
+                    self._cond.wait()
+                if self._closed:
+                    break
+                pending = list(self._pending)
+                self._pending.clear()
+                new_streams, self._new_streams = self._new_streams, []
+            try:
+                batch, rest = self._form_batch(pending)
+                if rest:
+                    with self._cond:
+                        self._pending.extendleft(reversed(rest))
+                if batch:
+                    self._run(batch)
+                self._start_streams(new_streams)
+                self._step_streams()
+            except Exception:  # never let the worker die: that would hang every later request
+                log.exception("batcher %s: unexpected error", self.name)
+        for job in list(self._pending):
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(RuntimeError("the server is shutting down"))
+        for gen, stream in self._streams:
+            stream.push("error", RuntimeError("the server is shutting down"))
+
+    def _form_batch(self, pending: list[Job]) -> tuple[list[Job], list[Job]]:
+        pending = [j for j in pending if not j.future.cancelled()]  # their clients went away
+        if not pending:
+            return [], []
+        first = pending[0]
+        batch, rest, budget = [first], [], self._tokens(first)
+        for job in pending[1:]:
+            if job.key == first.key and budget + self._tokens(job) <= self.max_batch_tokens:
+                batch.append(job)
+                budget += job.tokens
+            else:
+                rest.append(job)
+        return [j for j in batch if j.future.set_running_or_notify_cancel()], rest
+
+    def _tokens(self, job: Job) -> int:
+        if job.tokens is None:
+            job.tokens = count_tokens(self.pipe, job.items, job.options)
+        return job.tokens
+
+    def _run(self, batch: list[Job]) -> None:
+        start = time.perf_counter()
+        items = [item for job in batch for item in job.items]
+        try:
+            outputs = self._call(batch[0], items)
+        except Exception as e:
+            if len(batch) == 1:
+                batch[0].future.set_exception(e)
+            else:  # isolate the culprit: every other request still gets its own answer
+                for job in batch:
+                    try:
+                        self._finish([job], self._call(job, job.items), start)
+                    except Exception as e:
+                        job.future.set_exception(e)
+            return
+        self._finish(batch, outputs, start)
+
+    def _finish(self, batch: list[Job], outputs: list, start: float) -> None:
+        end = time.perf_counter()
+        i = 0
+        for job in batch:
+            job.future.set_result(Done(outputs[i:i + len(job.items)], job.tokens or 0))
+            i += len(job.items)
+        if self.metrics is not None:
+            m, name = self.metrics, self.name
+            m.inference_time.observe(end - start, name)
+            m.batch_inputs.observe(i, name)
+            m.batch_requests.observe(len(batch), name)
+            m.batch_tokens.observe(sum(job.tokens or 0 for job in batch), name)
+            for job in batch:
+                m.queue_time.observe(start - job.enqueued, name)
+
+    def _call(self, job: Job, items: list) -> list:
+        pipe = self.pipe
+        if job.seed is not None:
+            import torch
+
+            torch.manual_seed(job.seed)
+        if job.fn == "embed":
+            outputs = list(pipe.embed(items, **job.options))
+        elif job.fn == "run":
+            options = {**pipe.defaults, **pipe.check_options(dict(job.options))}
+            batch_size = options.pop("batch_size", pipe.batch_size)
+            outputs = pipe.run(items, options, batch_size)
+        else:
+            raise ValueError(f"unknown batch call {job.fn!r}")
+        if len(outputs) != len(items):
+            raise RuntimeError(f"{type(pipe).__name__}.{job.fn} returned {len(outputs)} results for {len(items)} inputs")
+        return outputs
+
+    def _start_streams(self, new: list) -> None:
+        for make, stream in new:
+            if stream.cancelled:
+                continue
+            try:
+                self._streams.append((iter(make()), stream))
+            except Exception as e:
+                stream.push("error", e)
+
+    def _step_streams(self) -> None:
+        alive = []
+        for gen, stream in self._streams:
+            if stream.cancelled:
+                close = getattr(gen, "close", None)
+                if close:
+                    close()
+                continue
+            try:
+                piece = next(gen)
+            except StopIteration:
+                stream.push("end")
+                continue
+            except Exception as e:
+                stream.push("error", e)
+                continue
+            stream.push("piece", piece)
+            if self.metrics is not None:
+                self.metrics.stream_pieces.inc(self.name)
+            alive.append((gen, stream))
+        self._streams = alive
+
+
+def strings_of(item, out: list) -> list:
+    """Every string inside an input (a text, a QA dict, chat messages, a text pair)."""
+    if isinstance(item, str):
+        out.append(item)
+    elif isinstance(item, dict):
+        for value in item.values():
+            strings_of(value, out)
+    elif isinstance(item, (list, tuple)):
+        for value in item:
+            strings_of(value, out)
+    return out
+
+
+def count_tokens(pipe, items: list, options: dict | None = None) -> int:
+    """Input tokens of `items` as the pipeline's tokenizer counts them (zero-shot runs each text
+    once per candidate label, so it counts that many times)."""
+    texts = strings_of(items, [])
+    if not texts:
+        return 0
+    try:
+        n = sum(len(e.ids) for e in pipe.tokenizer.encode_batch(texts))
+    except Exception:
+        n = sum(len(t) for t in texts) // 4 + len(texts)
+    labels = (options or {}).get("candidate_labels")
+    if isinstance(labels, str):
+        labels = [x for x in labels.split(",") if x.strip()]
+    if isinstance(labels, list) and labels:
+        n *= len(labels)
+    return n

@@ -1,0 +1,133 @@
+"""Generation requests, shared by the HF Inference API (TGI-style parameters) and the OpenAI
+routes: their knobs → the pipeline's transformers-style keywords, stop strings (cut on the
+server), and the token stream."""
+
+from __future__ import annotations
+
+from . import errors
+from .common import run
+from .registry import Served, has_token_stream
+
+# transformers generate() keywords passed through as they are
+PASS_THROUGH = ("max_new_tokens", "max_length", "min_new_tokens", "num_beams", "num_return_sequences",
+                "repetition_penalty", "no_repeat_ngram_size", "length_penalty", "early_stopping", "top_k", "top_p")
+# TGI parameters lightpipe does not implement. Sent with a value, they are refused with the
+# message transformers/TGI use, which makes huggingface_hub retry without them (and warn).
+UNSUPPORTED = ("watermark", "grammar", "adapter_id", "best_of", "decoder_input_details", "frequency_penalty",
+               "top_n_tokens", "typical_p", "truncate")
+
+
+def unsupported_error(names: list[str]) -> errors.ApiError:
+    return errors.ApiError(400, f"The following `model_kwargs` are not used by the model: {names} "
+                                "(lightpipe does not implement them)", "validation")
+
+
+def sampling(options: dict, do_sample, temperature) -> dict:
+    """do_sample/temperature as generate() wants them: temperature 0 means greedy."""
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0):
+        raise errors.validation(f"temperature must be a number >= 0, got {temperature!r}")
+    if temperature == 0:
+        do_sample, temperature = False, None
+    if do_sample is not None:
+        options["do_sample"] = bool(do_sample)
+    if temperature is not None and options.get("do_sample"):
+        options["temperature"] = float(temperature)
+    return options
+
+
+def generation_options(served: Served, options: dict) -> dict:
+    """Keep return_full_text only where the pipeline has it (text-generation)."""
+    if served.task != "text-generation":
+        options.pop("return_full_text", None)
+    return options
+
+
+def stops_of(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        return [s for s in value if s]
+    raise errors.validation(f"stop must be a string or a list of strings, got {value!r}")
+
+
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
+class StopWatcher:
+    """Streams text but holds back a tail that might be the start of a stop string, so a stop
+    string is never sent, not even in part."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.buffer = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        self.buffer += piece
+        text, self.stopped = cut_at_stop(self.buffer, self.stops)
+        if self.stopped:
+            self.buffer = ""
+            return text
+        keep = len(self.buffer) - self.hold if self.hold else len(self.buffer)
+        out, self.buffer = self.buffer[:max(keep, 0)], self.buffer[max(keep, 0):]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = self.buffer, ""
+        return out
+
+
+def text_of(result) -> str:
+    """The generated text of one transformers-shaped output ({generated_text | summary_text |
+    translation_text}); for chat input, the assistant's reply."""
+    if isinstance(result, list):
+        result = result[0]
+    if isinstance(result, dict):
+        for key in ("generated_text", "summary_text", "translation_text"):
+            if key in result:
+                value = result[key]
+                if isinstance(value, list):  # chat: the conversation with the reply appended
+                    value = value[-1].get("content", "") if value and isinstance(value[-1], dict) else ""
+                return value
+    if isinstance(result, str):
+        return result
+    raise errors.ApiError(500, f"unexpected generation output {result!r:.100}", "server_error")
+
+
+def count_new_tokens(served: Served, text: str) -> int:
+    try:
+        return len(served.pipeline.tokenizer.encode(text, add_special_tokens=False).ids)
+    except Exception:
+        return max(1, len(text) // 4) if text else 0
+
+
+async def generate(served: Served, prompts: list, options: dict, seed=None) -> tuple[list, int]:
+    """Each prompt's transformers-shaped output (coalesced with other requests' prompts that
+    ask the same options), and the prompt tokens."""
+    done = await run(served, "run", prompts, options, seed)
+    return done.results, done.tokens
+
+
+def open_stream(served: Served, prompt, options: dict, seed: int | None = None):
+    """The pipeline's token stream for one prompt, run on the worker thread."""
+    if not has_token_stream(served.pipeline):
+        raise errors.validation(f"model {served.id} ({served.task}) cannot stream tokens; send stream=false")
+    try:
+        served.pipeline.check_options(dict(options))
+    except Exception as e:
+        raise errors.from_exception(e) from None
+    pipe = served.pipeline
+
+    def make():
+        if seed is not None:
+            import torch
+
+            torch.manual_seed(seed)  # on the worker thread, right before this stream starts
+        return pipe.stream(prompt, **options)
+
+    return served.batcher.stream(make)

@@ -1,0 +1,318 @@
+"""The Hugging Face Inference API: `POST /` and `POST /models/{model_id}` (also
+`/models/{model_id}/pipeline/{task}`, which InferenceClient uses for embeddings) with
+`{"inputs": ..., "parameters": {...}}`, answered in the shapes `huggingface_hub.InferenceClient`
+(0.36) parses — which are transformers' pipeline outputs, except where noted:
+
+- feature-extraction: sentence embeddings (the checkpoint's pooling, normalized), one row per
+  input, a single string giving one row: [[...]] — what text-embeddings-inference and the
+  hosted API return. Parameters at the top level (`normalize`, `truncate`) as the client sends
+  them; `"pooling": "none"` gives transformers' per-token output instead.
+- text-classification: every label, best first, as a list per input ([[...]] for one string).
+- token-classification: `aggregation_strategy` defaults to "simple" (entity groups), as on the API.
+- text-generation: TGI's parameters; `return_full_text` defaults to false (only the new text);
+  `"stream": true` sends TGI's server-sent events.
+
+`POST /` with several models served picks one from the request's shape (a QA dict, a
+source_sentence, candidate_labels, generation parameters, a mask token, parameters at the top
+level = embeddings); otherwise the first model given at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from . import errors
+from .common import (boolean, check_batch, embed, json_response, options_of, read_json, run, state, texts)
+from .generate import (PASS_THROUGH, UNSUPPORTED, StopWatcher, count_new_tokens, cut_at_stop, generate,
+                       generation_options, open_stream, sampling, stops_of, text_of, unsupported_error)
+from .registry import EMBEDDING_TASKS, Served, check_ready
+
+# parameter names each task's API spec has: used to route `POST /` when several models are served
+TASK_PARAMETERS = {
+    "text-classification": {"top_k", "function_to_apply"},
+    "token-classification": {"aggregation_strategy", "ignore_labels", "stride"},
+    "fill-mask": {"top_k", "targets"},
+    "question-answering": {"top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
+                           "handle_impossible_answer", "align_to_words"},
+    "zero-shot-classification": {"candidate_labels", "multi_label", "hypothesis_template"},
+    "summarization": {"clean_up_tokenization_spaces", "generate_parameters", "truncation"},
+    "translation": {"src_lang", "tgt_lang", "clean_up_tokenization_spaces", "generate_parameters", "truncation"},
+    "text2text-generation": {"clean_up_tokenization_spaces", "generate_parameters", "truncation"},
+    "text-generation": {"max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
+                        "return_full_text", "seed", "stop", "details", *UNSUPPORTED, *PASS_THROUGH},
+}
+
+
+async def inference(request: Request):
+    """POST / and POST /models/{model_id}[/pipeline/{task}]."""
+    st = state(request)
+    body = await read_json(request)
+    if "inputs" not in body:
+        raise errors.validation('the request needs "inputs" (and optionally "parameters"): {"inputs": ..., "parameters": {...}}')
+    path = request.path_params.get("model_id")
+    task = None
+    if path is not None:
+        name, sep, task = path.partition("/pipeline/")
+        served = st.registry.get(name)
+        task = task.strip("/") or None
+    else:
+        served = route(st.registry, body)
+    return await answer(st, served, task, body)
+
+
+async def answer(st, served: Served, task: str | None, body: dict):
+    served = check_ready(served)
+    if task is None:
+        task = served.task
+        if served.can_embed:
+            task = "sentence-similarity" if isinstance(body["inputs"], dict) else "feature-extraction"
+    elif task in EMBEDDING_TASKS and served.can_embed:
+        pass
+    elif task != served.task and not (task.startswith("translation") and served.task == "translation"):
+        raise errors.validation(f"model {served.id} serves {served.task}, not {task}")
+    handler = HANDLERS.get(task) or HANDLERS.get(served.task)
+    if handler is None:
+        raise errors.validation(f"the HF Inference API route has no handler for task {task!r}")
+    return await handler(st, served, body)
+
+
+def route(registry, body: dict) -> Served:
+    """The model `POST /` means, from the request's shape (see the module docstring)."""
+    ready = registry.ready()
+    if len(ready) <= 1:
+        return registry.choose(lambda e: True, "")
+    inputs, params = body.get("inputs"), body.get("parameters")
+    params = params if isinstance(params, dict) else {}
+    first = lambda *tasks: next((e for e in ready if e.task in tasks), None)  # noqa: E731
+    item = inputs[0] if isinstance(inputs, list) and inputs else inputs
+    if isinstance(item, dict) and "source_sentence" in item:
+        hit = next((e for e in ready if e.can_embed), None)
+    elif isinstance(item, dict) and ("question" in item or "context" in item):
+        hit = first("question-answering")
+    elif "candidate_labels" in params:
+        hit = first("zero-shot-classification")
+    elif "parameters" not in body:  # InferenceClient.feature_extraction sends its parameters at the top level
+        hit = next((e for e in ready if e.can_embed), None) or ready[0]
+    else:
+        hit = None
+        candidates = [e for e in ready if not e.can_embed] or ready
+        if "stream" in body:
+            hit = first("text-generation")
+        if hit is None and isinstance(item, str):
+            hit = next((e for e in candidates if e.task == "fill-mask"
+                        and (mask := getattr(e.pipeline.tokenizer, "mask_token", None)) and mask in item), None)
+        if hit is None and params:
+            hit = next((e for e in candidates if set(params) <= TASK_PARAMETERS.get(e.task, set())), None)
+        hit = hit or candidates[0]
+    return hit or ready[0]
+
+
+# -- embeddings ---------------------------------------------------------------------------
+
+async def feature_extraction(st, served: Served, body: dict):
+    items, single = texts(body["inputs"])
+    check_batch(st, len(items))
+    params = {**options_of(body.get("parameters")), **{k: v for k, v in body.items() if k not in ("inputs", "parameters") and v is not None}}
+    if params.pop("truncation_direction", "right") not in ("right", "Right"):
+        raise errors.validation("truncation_direction: only 'right' is supported")
+    if params.pop("prompt_name", None) is not None:
+        raise errors.validation("prompt_name is not supported: put the prompt in the text")
+    truncation = boolean(params.pop("truncate", params.pop("truncation", None)), "truncate", False)
+    normalize = boolean(params.pop("normalize", None), "normalize", True)
+    pooling = params.pop("pooling", "auto")
+    if params:
+        raise errors.validation(f"unknown feature-extraction parameter(s) {sorted(params)}; "
+                                "accepted: normalize, truncate, truncation_direction, pooling")
+    if pooling in ("none", None):  # transformers' per-token hidden states
+        done = await run(served, "run", items, {"truncation": truncation})
+        return json_response(done.results[0] if single else done.results)
+    if pooling != "auto":
+        raise errors.validation(f"pooling must be 'auto' (the checkpoint's) or 'none' (per token), got {pooling!r}")
+    vectors, _ = await embed(served, items, normalize=normalize, truncation=truncation)
+    return json_response(vectors.tolist())
+
+
+async def sentence_similarity(st, served: Served, body: dict):
+    inputs = body["inputs"]
+    if not isinstance(inputs, dict) or not isinstance(inputs.get("source_sentence"), str):
+        raise errors.validation('sentence-similarity inputs must be {"source_sentence": str, "sentences": [str, ...]}')
+    others, _ = texts(inputs.get("sentences"), "inputs.sentences")
+    check_batch(st, len(others))
+    params = options_of(body.get("parameters"))
+    truncation = boolean(params.pop("truncate", params.pop("truncation", None)), "truncate", False)
+    vectors, _ = await embed(served, [inputs["source_sentence"], *others], normalize=True, truncation=truncation)
+    return json_response((vectors[1:] @ vectors[0]).tolist())
+
+
+# -- encoder tasks ------------------------------------------------------------------------
+
+async def text_classification(st, served: Served, body: dict):
+    inputs = body["inputs"]
+    single = isinstance(inputs, (str, dict))
+    items = [inputs] if single else inputs
+    if not isinstance(items, list) or not items or not all(isinstance(i, (str, dict)) for i in items):
+        raise errors.validation('inputs must be a string, {"text": str, "text_pair": str}, or a list of them')
+    check_batch(st, len(items))
+    options = {"top_k": None, **options_of(body.get("parameters"))}
+    done = await run(served, "run", items, options)
+    results = [r if isinstance(r, list) else [r] for r in done.results]
+    return json_response(results)
+
+
+async def token_classification(st, served: Served, body: dict):
+    items, single = texts(body["inputs"])
+    check_batch(st, len(items))
+    options = {"aggregation_strategy": "simple", **options_of(body.get("parameters"))}
+    done = await run(served, "run", items, options)
+    return json_response(done.results[0] if single else done.results)
+
+
+async def fill_mask(st, served: Served, body: dict):
+    items, single = texts(body["inputs"])
+    check_batch(st, len(items))
+    done = await run(served, "run", items, options_of(body.get("parameters")))
+    return json_response(done.results[0] if single else done.results)
+
+
+async def question_answering(st, served: Served, body: dict):
+    inputs = body["inputs"]
+    single = isinstance(inputs, dict)
+    items = [inputs] if single else inputs
+    ok = lambda i: isinstance(i, dict) and isinstance(i.get("question"), str) and isinstance(i.get("context"), str)  # noqa: E731
+    if not isinstance(items, list) or not items or not all(ok(i) for i in items):
+        raise errors.validation('question-answering inputs must be {"question": str, "context": str} or a list of them')
+    check_batch(st, len(items))
+    items = [{"question": i["question"], "context": i["context"]} for i in items]
+    done = await run(served, "run", items, options_of(body.get("parameters")))
+    return json_response(done.results[0] if single else done.results)
+
+
+async def zero_shot(st, served: Served, body: dict):
+    items, single = texts(body["inputs"])
+    check_batch(st, len(items))
+    options = options_of(body.get("parameters"))
+    if not options.get("candidate_labels"):
+        raise errors.validation('zero-shot-classification needs parameters.candidate_labels: ["label", ...]')
+    done = await run(served, "run", items, options)
+    return json_response(done.results[0] if single else done.results)
+
+
+# -- generation ---------------------------------------------------------------------------
+
+async def text2text(st, served: Served, body: dict):
+    """summarization, translation, text2text-generation."""
+    items, single = texts(body["inputs"])
+    check_batch(st, len(items))
+    options = options_of(body.get("parameters"))
+    extra = options_of(options.pop("generate_parameters", None), "parameters.generate_parameters")
+    options = {**options, **extra}
+    if options.get("src_lang") is None and options.get("tgt_lang") is None:
+        options.pop("src_lang", None), options.pop("tgt_lang", None)
+    done = await run(served, "run", items, options)
+    results = done.results
+    if single:
+        return json_response(results[0])
+    if all(isinstance(r, list) and len(r) == 1 for r in results):  # transformers unwraps single sequences
+        results = [r[0] for r in results]
+    return json_response(results)
+
+
+def tgi_options(served: Served, params: dict) -> tuple[dict, list[str], int | None, bool]:
+    """TGI parameters → (pipeline keywords, stop strings, seed, details)."""
+    params = dict(params)
+    unsupported = [k for k in UNSUPPORTED if params.pop(k, None) not in (None, False, 0)]
+    if unsupported:
+        raise unsupported_error(unsupported)
+    stop = stops_of(params.pop("stop", None) or params.pop("stop_sequences", None))
+    seed = params.pop("seed", None)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise errors.validation(f"seed must be an integer, got {seed!r}")
+    details = boolean(params.pop("details", None), "details", False)
+    do_sample, temperature = params.pop("do_sample", None), params.pop("temperature", None)
+    if do_sample is None:  # TGI: greedy, unless a sampling knob is set
+        do_sample = temperature not in (None, 1, 1.0) or bool(params.get("top_k")) or params.get("top_p") not in (None, 1, 1.0)
+    options = sampling({}, do_sample, temperature)
+    for key in list(params):
+        options[key] = params.pop(key)  # the pipeline validates the rest
+    options.setdefault("return_full_text", False)
+    return generation_options(served, options), stop, seed, details
+
+
+async def text_generation(st, served: Served, body: dict):
+    options, stop, seed, details = tgi_options(served, options_of(body.get("parameters")))
+    if boolean(body.get("stream"), "stream", False):
+        prompt = body["inputs"]
+        if not isinstance(prompt, str):
+            raise errors.validation("a streamed text-generation request takes one string as inputs")
+        return tgi_stream(served, prompt, options, stop, seed)
+    items, single = texts(body["inputs"])
+    check_batch(st, len(items))
+    results, _ = await generate(served, items, options, seed)
+    out = []
+    for result in results:
+        text, stopped = cut_at_stop(text_of(result), stop)
+        entry = {"generated_text": text}
+        if details:
+            n = count_new_tokens(served, text)
+            limit = options.get("max_new_tokens")
+            reason = "stop_sequence" if stopped else "length" if limit and n >= limit else "eos_token"
+            entry["details"] = {"finish_reason": reason, "generated_tokens": n, "seed": seed, "prefill": [], "tokens": []}
+        out.append(entry)
+    return json_response(out)
+
+
+def tgi_stream(served: Served, prompt: str, options: dict, stop: list[str], seed) -> StreamingResponse:
+    """TGI's stream: one `data: {"index", "token": {...}, "generated_text": null}` event per
+    piece; the last carries the whole text and details."""
+    stream = open_stream(served, prompt, options, seed)
+
+    async def events():
+        watcher, text, index = StopWatcher(stop), "", 0
+        try:
+            async for piece in stream:
+                out = watcher.feed(piece)
+                if out:
+                    text += out
+                    index += 1
+                    yield sse({"index": index, "token": {"id": index, "text": out, "logprob": 0.0, "special": False},
+                               "generated_text": None, "details": None})
+                if watcher.stopped:
+                    break
+            tail = watcher.flush()
+            text += tail
+            reason = "stop_sequence" if watcher.stopped else "length"
+            n = count_new_tokens(served, text)
+            limit = options.get("max_new_tokens")
+            if not watcher.stopped and not (limit and n >= limit):
+                reason = "eos_token"
+            yield sse({"index": index + 1, "token": {"id": index + 1, "text": tail, "logprob": 0.0, "special": True},
+                       "generated_text": text, "details": {"finish_reason": reason, "generated_tokens": n, "seed": seed}})
+        except Exception as e:
+            err = errors.from_exception(e)
+            yield sse({"error": err.message, "error_type": err.error_type})
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+HANDLERS = {
+    "feature-extraction": feature_extraction,
+    "sentence-similarity": sentence_similarity,
+    "text-classification": text_classification,
+    "sentiment-analysis": text_classification,
+    "token-classification": token_classification,
+    "ner": token_classification,
+    "fill-mask": fill_mask,
+    "question-answering": question_answering,
+    "zero-shot-classification": zero_shot,
+    "summarization": text2text,
+    "translation": text2text,
+    "text2text-generation": text2text,
+    "text-generation": text_generation,
+}

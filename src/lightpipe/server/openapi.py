@@ -1,0 +1,87 @@
+"""The OpenAPI 3.1 description served at /openapi.json (and rendered at /docs)."""
+
+from __future__ import annotations
+
+ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "error_type": {"type": "string"}},
+         "required": ["error", "error_type"]}
+ERRORS = {
+    "413": "too many inputs (--max-client-batch-size) or body too large (--max-body-bytes)",
+    "422": "validation error: bad inputs or parameters",
+    "429": "too many requests in flight (--max-concurrent-requests)",
+    "503": "the model is loading",
+}
+
+
+def op(summary: str, description: str, example: dict | None = None, response: dict | None = None,
+       tag: str = "", method: str = "post", errors: bool = True) -> dict:
+    entry = {"summary": summary, "description": description, "tags": [tag] if tag else [],
+             "responses": {"200": {"description": "OK", "content": {"application/json": {"example": response}}}}}
+    if example is not None:
+        entry["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"},
+                                                                                    "example": example}}}
+    if errors:
+        for code, text in ERRORS.items():
+            entry["responses"][code] = {"description": text, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {method: entry}
+
+
+def openapi_spec(version: str) -> dict:
+    hf = "Hugging Face Inference API"
+    paths = {
+        "/": {**op("Inference (HF Inference API)", "Runs {inputs, parameters} on a served model. With several models "
+                   "served, the request's shape picks one (see docs/serving.md); GET / is the playground.",
+                   {"inputs": "I love this", "parameters": {"top_k": 2}},
+                   [[{"label": "POSITIVE", "score": 0.99}, {"label": "NEGATIVE", "score": 0.01}]], hf),
+              **op("Playground", "The browser playground (HTML).", tag="playground", method="get", errors=False)},
+        "/models/{model_id}": op(
+            "Inference on a named model (HF Inference API)",
+            "model_id: the served model's id, folder name or task. Append /pipeline/feature-extraction or "
+            "/pipeline/sentence-similarity to pick the embedding task. Outputs are shaped as "
+            "huggingface_hub.InferenceClient parses them (transformers' pipeline outputs).",
+            {"inputs": {"question": "Where do I live?", "context": "My name is Sarah and I live in London"}},
+            {"answer": "London", "score": 0.98, "start": 31, "end": 37}, hf),
+        "/v1/embeddings": op("Embeddings (OpenAI)", "input: a string or a list of strings; encoding_format float or base64.",
+                             {"model": "sentence-transformers/all-MiniLM-L6-v2", "input": ["hello"]},
+                             {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.01]}],
+                              "model": "sentence-transformers/all-MiniLM-L6-v2", "usage": {"prompt_tokens": 3, "total_tokens": 3}},
+                             "OpenAI"),
+        "/v1/completions": op("Completions (OpenAI)", "stream=true sends server-sent events ending `data: [DONE]`.",
+                              {"model": "openai-community/gpt2", "prompt": "Hello, I'm a language model,", "max_tokens": 16},
+                              None, "OpenAI"),
+        "/v1/chat/completions": op("Chat completions (OpenAI)", "The model's chat template renders the messages; "
+                                   "stream=true sends server-sent events ending `data: [DONE]`.",
+                                   {"model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                    "messages": [{"role": "user", "content": "Hi!"}], "stream": True}, None, "OpenAI"),
+        "/v1/models": op("Models (OpenAI)", "The served models.", tag="OpenAI", method="get", errors=False,
+                         response={"object": "list", "data": [{"id": "sentence-transformers/all-MiniLM-L6-v2", "object": "model"}]}),
+        "/embed": op("Embed (text-embeddings-inference)", "Sentence embeddings, one row per input.",
+                     {"inputs": ["hello", "world"], "normalize": True}, [[0.01], [0.02]], "TEI"),
+        "/predict": op("Predict (text-embeddings-inference)", "Classify a text, a [text, pair], or a list of them.",
+                       {"inputs": "I love this"}, [{"label": "POSITIVE", "score": 0.99}], "TEI"),
+        "/rerank": op("Rerank (text-embeddings-inference)", "Rank texts against a query with a cross-encoder "
+                      "(one-label text-classification model) or by embedding cosine similarity.",
+                      {"query": "What is Deep Learning?", "texts": ["Deep Learning is...", "cheese"]},
+                      [{"index": 0, "score": 0.9}, {"index": 1, "score": 0.1}], "TEI"),
+        "/health": op("Health", "200 when every start-up model is loaded, 503 while loading or if one failed.",
+                      tag="server", method="get", errors=False, response={"status": "ok"}),
+        "/info": op("Info", "Served models, their tasks and status, and the server's limits.",
+                    tag="server", method="get", errors=False),
+        "/metrics": op("Metrics", "Prometheus text format: requests, errors, queue depth, batch sizes, latencies.",
+                       tag="server", method="get", errors=False),
+        "/api/models": op("Search Hub models", "Query: task, language, search, limit. Most downloaded first.",
+                          tag="playground", method="get", errors=False,
+                          response=[{"id": "distilbert/distilbert-base-uncased-finetuned-sst-2-english",
+                                     "downloads": 1, "likes": 1, "pipeline_tag": "text-classification"}]),
+        "/api/load": op("Load a Hub model", "Needs --allow-load. Returns 202 while it loads; poll /info.",
+                        {"model": "distilbert/distilbert-base-uncased-finetuned-sst-2-english", "task": "text-classification"},
+                        {"id": "distilbert/distilbert-base-uncased-finetuned-sst-2-english", "status": "loading"}, "playground"),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "lightpipe", "version": version,
+                 "description": "Hugging Face pipelines served with the HF Inference API, OpenAI and "
+                                "text-embeddings-inference request shapes."},
+        "paths": paths,
+        "components": {"schemas": {"Error": ERROR}},
+    }

@@ -1,0 +1,381 @@
+// lightpipe playground: pick a served pipeline, fill the task's form, see the result the way
+// the Hub's widgets show it. Talks to the server's own HF Inference API route (POST /models/ID).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TASKS = [
+  "text-classification", "token-classification", "question-answering", "zero-shot-classification",
+  "fill-mask", "feature-extraction", "sentence-similarity", "text-generation", "summarization",
+  "translation", "text2text-generation",
+];
+const EXAMPLES = {
+  "text-classification": "I've been waiting for a HuggingFace course my whole life.",
+  "token-classification": "My name is Sylvain and I work at Hugging Face in Brooklyn.",
+  "zero-shot-classification": "This is a course about the Transformers library",
+  "text-generation": "In this course, we will teach you how to",
+  "summarization": "America has changed dramatically during recent years. Not only has the number of graduates in traditional engineering disciplines such as mechanical, civil, electrical, chemical, and aeronautical engineering declined, but in most of the premier American universities engineering curricula now concentrate on and encourage largely the study of engineering science.",
+  "translation": "This course is produced by Hugging Face.",
+  "text2text-generation": "translate English to French: This course is produced by Hugging Face.",
+};
+let info = { models: [], allow_load: false };
+let current = null; // the selected model's info entry
+
+// -- small DOM helpers (user text always goes in as textContent, never as HTML) ------------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "style") node.style.cssText = v;
+    else if (k in node && typeof v !== "string") node[k] = v;
+    else node.setAttribute(k, v);
+  }
+  for (const child of children.flat()) {
+    if (child == null) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function field(label, input) {
+  return el("div", {}, el("label", { for: input.id }, label), input);
+}
+
+function showError(message) {
+  $("result").replaceChildren(el("div", { class: "error", role: "alert" }, message));
+}
+
+function modelPath(id) {
+  return "/models/" + id.split("/").map(encodeURIComponent).join("/");
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const text = await response.text();
+  let body;
+  try { body = JSON.parse(text); } catch { body = text; }
+  if (!response.ok) {
+    const message = body && body.error ? `${body.error}` : `HTTP ${response.status}`;
+    throw new Error(`${message} (${response.status}${body && body.error_type ? ", " + body.error_type : ""})`);
+  }
+  return body;
+}
+
+// -- models: served list, loading, search --------------------------------------------------
+
+async function refresh(selectId) {
+  info = await api("/info");
+  const select = $("pipeline");
+  const keep = selectId || select.value;
+  select.replaceChildren(...info.models.map((m) =>
+    el("option", { value: m.id, disabled: m.status !== "ready" },
+      `${m.id} — ${m.task || "?"}${m.status === "ready" ? "" : " (" + m.status + ")"}`)));
+  if (!info.models.length) select.append(el("option", { value: "", disabled: true }, "no pipeline served yet"));
+  const ready = info.models.filter((m) => m.status === "ready");
+  if (ready.some((m) => m.id === keep)) select.value = keep;
+  else if (ready.length) select.value = ready[0].id;
+  $("load-box").hidden = !info.allow_load;
+  const failed = info.models.filter((m) => m.status === "error");
+  $("pipeline-status").textContent = failed.map((m) => `${m.id}: ${m.error}`).join("\n");
+  if (info.models.some((m) => m.status === "loading")) setTimeout(() => refresh(), 1000);
+  selectModel();
+}
+
+function selectModel() {
+  const id = $("pipeline").value;
+  const next = info.models.find((m) => m.id === id && m.status === "ready") || null;
+  if (next && current && next.id === current.id && next.task === current.task) return;
+  current = next;
+  renderForm();
+}
+
+async function loadModel() {
+  const model = $("load-id").value.trim();
+  if (!model) { $("load-status").textContent = "type a model id first"; return; }
+  $("load-btn").disabled = true;
+  $("load-status").textContent = `loading ${model}…`;
+  try {
+    const task = $("load-task").value || undefined;
+    await api("/api/load", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ model, task }) });
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 700));
+      info = await api("/info");
+      const entry = info.models.find((m) => m.id === model);
+      if (!entry || entry.status === "loading") continue;
+      if (entry.status === "error") throw new Error(entry.error);
+      $("load-status").textContent = `${model} is ready (${entry.task})`;
+      await refresh(model);
+      break;
+    }
+  } catch (e) {
+    $("load-status").textContent = `could not load: ${e.message}`;
+  } finally {
+    $("load-btn").disabled = false;
+  }
+}
+
+async function searchModels() {
+  const params = new URLSearchParams();
+  if ($("search-task").value) params.set("task", $("search-task").value);
+  if ($("search-language").value.trim()) params.set("language", $("search-language").value.trim());
+  if ($("search-text").value.trim()) params.set("search", $("search-text").value.trim());
+  params.set("limit", "20");
+  $("search-status").textContent = "searching…";
+  $("search-results").replaceChildren();
+  try {
+    const models = await api("/api/models?" + params);
+    $("search-status").textContent = models.length ? "" : "no model matches";
+    $("search-results").replaceChildren(...models.map((m) => {
+      const use = info.allow_load ? el("button", { type: "button", title: "put this id in the load box",
+        onclick: () => { $("load-id").value = m.id; if (m.pipeline_tag && TASKS.includes(m.pipeline_tag)) $("load-task").value = m.pipeline_tag; $("load-id").focus(); } }, "use") : null;
+      return el("li", {}, el("span", { class: "model-id" }, m.id),
+        el("span", { class: "muted" }, ` ${m.pipeline_tag || ""} · ↓${fmt(m.downloads)} · ♥${fmt(m.likes)}`), use);
+    }));
+  } catch (e) {
+    $("search-status").textContent = e.message;
+  }
+}
+
+function fmt(n) {
+  if (n == null) return "0";
+  return n >= 1e6 ? (n / 1e6).toFixed(1) + "M" : n >= 1e3 ? (n / 1e3).toFixed(1) + "k" : String(n);
+}
+
+// -- task forms ----------------------------------------------------------------------------
+
+function textarea(id, value, placeholder = "") {
+  return el("textarea", { id, placeholder }, value || "");
+}
+function input(id, value = "", placeholder = "", type = "text") {
+  return el("input", { id, type, placeholder, value: String(value) });
+}
+function checkbox(id, label, checked) {
+  return el("label", { class: "inline", for: id }, el("input", { type: "checkbox", id, checked }), label);
+}
+function numbers(...fields) {
+  return el("div", { class: "row numbers" }, ...fields.map(([id, label, value, step]) =>
+    el("div", {}, el("label", { for: id }, label), el("input", { id, type: "number", value: String(value), step: step || "1", min: "0" }))));
+}
+
+function renderForm() {
+  const fields = $("fields");
+  $("result").replaceChildren();
+  $("request").textContent = "";
+  $("run").disabled = !current;
+  if (!current) {
+    $("task-title").textContent = "Try it";
+    fields.replaceChildren(el("p", { class: "muted" }, "No pipeline is ready yet."));
+    return;
+  }
+  const task = current.task;
+  $("task-title").textContent = `${task} · ${current.id}`;
+  const parts = [];
+  if (task === "question-answering") {
+    parts.push(field("Question", input("question", "Where do I work?")));
+    parts.push(field("Context", textarea("context", "My name is Sylvain and I work at Hugging Face in Brooklyn.")));
+  } else if (task === "feature-extraction" || task === "sentence-similarity") {
+    parts.push(field("Source sentence", input("source", "I've been waiting for a HuggingFace course my whole life.")));
+    parts.push(field("Sentences to compare (one per line)", textarea("sentences", "I love learning.\nThe stock market fell today.\nThis course is amazing!")));
+  } else if (task === "fill-mask") {
+    const mask = current.mask_token || "[MASK]";
+    parts.push(field(`Text with ${mask}`, textarea("text", `This course will teach you all about ${mask} models.`)));
+    parts.push(numbers(["top_k", "Top k", 5]));
+  } else {
+    parts.push(field("Text", textarea("text", EXAMPLES[task] || EXAMPLES["text-classification"])));
+  }
+  if (task === "zero-shot-classification") {
+    parts.push(field("Candidate labels (comma-separated)", input("labels", "education, politics, business")));
+    parts.push(checkbox("multi_label", "several labels can be true", false));
+  }
+  if (task === "token-classification") {
+    const select = el("select", { id: "aggregation" }, ...["simple", "first", "average", "max", "none"].map((s) => el("option", { value: s }, s)));
+    parts.push(field("Aggregation", select));
+  }
+  if (task === "text-generation") {
+    parts.push(numbers(["max_new_tokens", "Max new tokens", 30], ["temperature", "Temperature", 0.7, "0.1"]));
+    parts.push(el("div", {}, checkbox("do_sample", "sample", false), current.streaming ? checkbox("stream", "stream tokens", true) : null));
+  }
+  if (["summarization", "translation", "text2text-generation"].includes(task)) {
+    parts.push(numbers(["max_new_tokens", "Max new tokens", 60], ["num_beams", "Beams", 1]));
+  }
+  fields.replaceChildren(...parts);
+}
+
+function value(id) { return $(id) ? $(id).value : ""; }
+function num(id) { return $(id) && $(id).value !== "" ? Number($(id).value) : undefined; }
+
+function payload(task) {
+  const text = value("text");
+  switch (task) {
+    case "question-answering":
+      return { inputs: { question: value("question"), context: value("context") } };
+    case "feature-extraction":
+    case "sentence-similarity":
+      return { inputs: { source_sentence: value("source"), sentences: value("sentences").split("\n").map((s) => s.trim()).filter(Boolean) } };
+    case "zero-shot-classification":
+      return { inputs: text, parameters: { candidate_labels: value("labels").split(",").map((s) => s.trim()).filter(Boolean), multi_label: $("multi_label").checked } };
+    case "token-classification":
+      return { inputs: text, parameters: { aggregation_strategy: value("aggregation") } };
+    case "fill-mask":
+      return { inputs: text, parameters: { top_k: num("top_k") } };
+    case "text-generation": {
+      const parameters = { max_new_tokens: num("max_new_tokens"), do_sample: $("do_sample").checked };
+      if (parameters.do_sample) parameters.temperature = num("temperature");
+      const body = { inputs: text, parameters };
+      if ($("stream") && $("stream").checked) body.stream = true;
+      return body;
+    }
+    case "summarization":
+    case "translation":
+    case "text2text-generation":
+      return { inputs: text, parameters: { generate_parameters: { max_new_tokens: num("max_new_tokens"), num_beams: num("num_beams") } } };
+    default:
+      return { inputs: text };
+  }
+}
+
+async function submit(event) {
+  event.preventDefault();
+  if (!current) return;
+  const task = current.task;
+  const body = payload(task);
+  const path = modelPath(current.id);
+  $("request").textContent = `POST ${path}\n${JSON.stringify(body, null, 2)}`;
+  $("run").disabled = true;
+  $("timing").textContent = "";
+  $("result").replaceChildren(el("p", { class: "muted" }, "running…"));
+  const start = performance.now();
+  try {
+    if (body.stream) await streamGeneration(path, body);
+    else render(task, body, await api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) }));
+    $("timing").textContent = `${Math.round(performance.now() - start)} ms`;
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    $("run").disabled = false;
+  }
+}
+
+// -- results -------------------------------------------------------------------------------
+
+function bars(rows) {
+  return el("div", { class: "bars" }, rows.map(({ label, score, title }) =>
+    el("div", { class: "bar-row", title: title || "" },
+      el("span", { class: "label" }, label),
+      el("div", { class: "bar" }, el("span", { style: `width:${Math.max(0, Math.min(1, score)) * 100}%` })),
+      el("span", { class: "score" }, score.toFixed(3)))));
+}
+
+function hue(label) {
+  let h = 0;
+  for (const c of label) h = (h * 31 + c.charCodeAt(0)) % 360;
+  return h;
+}
+
+function highlight(text, spans, make) {
+  const out = [];
+  let at = 0;
+  for (const span of [...spans].sort((a, b) => a.start - b.start)) {
+    if (span.start == null || span.start < at) continue;
+    out.push(text.slice(at, span.start));
+    out.push(make(span, text.slice(span.start, span.end)));
+    at = span.end;
+  }
+  out.push(text.slice(at));
+  return el("div", { class: "text-box" }, out);
+}
+
+function render(task, body, result) {
+  const box = $("result");
+  if (task === "text-classification") {
+    const rows = (Array.isArray(result[0]) ? result[0] : result).map((r) => ({ label: r.label, score: r.score }));
+    box.replaceChildren(bars(rows));
+  } else if (task === "zero-shot-classification") {
+    box.replaceChildren(bars(result.labels.map((label, i) => ({ label, score: result.scores[i] }))));
+  } else if (task === "fill-mask") {
+    const rows = Array.isArray(result[0]) ? result[0] : result;
+    box.replaceChildren(bars(rows.map((r) => ({ label: r.token_str, score: r.score, title: r.sequence }))),
+      el("p", { class: "muted" }, rows.length ? rows[0].sequence : ""));
+  } else if (task === "token-classification") {
+    const labels = new Set();
+    const view = highlight(body.inputs, result, (span, text) => {
+      const label = span.entity_group || span.entity;
+      labels.add(label);
+      return el("mark", { class: "ent", "data-label": label, style: `--hue:${hue(label)}`, title: `${label} ${span.score.toFixed(3)}` }, text);
+    });
+    box.replaceChildren(view, el("div", { class: "legend muted" }, result.length ? [...labels].map((l) => el("span", { style: `color:hsl(${hue(l)} 70% 45%)` }, `■ ${l}`)) : "no entities found"));
+  } else if (task === "question-answering") {
+    const answers = Array.isArray(result) ? result : [result];
+    const best = answers[0];
+    box.replaceChildren(
+      el("p", {}, el("strong", {}, "Answer: "), el("span", { class: "answer-text" }, best.answer), el("span", { class: "muted" }, `  score ${best.score.toFixed(3)}`)),
+      highlight(body.inputs.context, [best], (span, text) => el("mark", { class: "answer" }, text)));
+  } else if (task === "feature-extraction" || task === "sentence-similarity") {
+    const table = el("table", { class: "sim" },
+      el("thead", {}, el("tr", {}, el("th", {}, "Sentence"), el("th", {}, `Similarity to “${body.inputs.source_sentence}”`))),
+      el("tbody", {}, body.inputs.sentences.map((s, i) => el("tr", {},
+        el("td", {}, s),
+        el("td", { class: "score-cell" }, el("div", { class: "bar" }, el("span", { style: `width:${Math.max(0, result[i]) * 100}%` })),
+          el("span", { class: "score" }, result[i].toFixed(3)))))));
+    box.replaceChildren(table);
+  } else if (task === "text-generation") {
+    const out = Array.isArray(result) ? result[0] : result;
+    box.replaceChildren(el("div", { class: "text-box", id: "generated" }, el("span", { class: "prompt" }, body.inputs), out.generated_text));
+  } else {
+    const out = Array.isArray(result) ? result[0] : result;
+    const text = out.summary_text ?? out.translation_text ?? out.generated_text ?? JSON.stringify(out);
+    box.replaceChildren(el("div", { class: "text-box", id: "generated" }, text));
+  }
+}
+
+async function streamGeneration(path, body) {
+  const response = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  if (!response.ok) {
+    const err = await response.json().catch(() => ({}));
+    throw new Error(`${err.error || "HTTP " + response.status} (${response.status})`);
+  }
+  const generated = el("span", { class: "cursor", id: "generated-text" });
+  $("result").replaceChildren(el("div", { class: "text-box", id: "generated" }, el("span", { class: "prompt" }, body.inputs), generated));
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value: chunk, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(chunk, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") continue;
+        const message = JSON.parse(data);
+        if (message.error) throw new Error(message.error);
+        if (message.generated_text != null) generated.textContent = message.generated_text;
+        else if (message.token) generated.textContent += message.token.text;
+      }
+    }
+  }
+  generated.classList.remove("cursor");
+}
+
+// -- start ---------------------------------------------------------------------------------
+
+function init() {
+  for (const task of TASKS) {
+    $("search-task").append(el("option", { value: task }, task));
+    $("load-task").append(el("option", { value: task }, task));
+  }
+  $("pipeline").addEventListener("change", selectModel);
+  $("form").addEventListener("submit", submit);
+  $("load-btn").addEventListener("click", loadModel);
+  $("search-btn").addEventListener("click", searchModels);
+  for (const id of ["search-language", "search-text"]) {
+    $(id).addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); searchModels(); } });
+  }
+  refresh().catch((e) => showError(`could not reach the server: ${e.message}`));
+}
+
+init();

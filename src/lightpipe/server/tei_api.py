@@ -1,0 +1,107 @@
+"""text-embeddings-inference routes: /embed, /predict, /rerank, with TEI's request and
+response shapes. TEI serves one model; here each route takes the first suitable model served
+(or the one named by an extra `"model"` field)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from . import errors
+from .common import (boolean, check_batch, embed, embedding_model, json_response, positive_int, read_json, run,
+                     state, texts)
+
+
+async def embed_route(request: Request):
+    st = state(request)
+    body = await read_json(request)
+    served = embedding_model(st, body.get("model"))
+    items, _ = texts(body.get("inputs"))
+    check_batch(st, len(items))
+    if body.get("prompt_name") is not None:
+        raise errors.validation("prompt_name is not supported: put the prompt in the text")
+    if str(body.get("truncation_direction") or "right").lower() != "right":
+        raise errors.validation("truncation_direction: only Right is supported")
+    vectors, _ = await embed(served, items, normalize=boolean(body.get("normalize"), "normalize", True),
+                             truncation=boolean(body.get("truncate"), "truncate", False),
+                             dimensions=positive_int(body.get("dimensions"), "dimensions"))
+    return json_response(vectors.tolist())
+
+
+def classifier(st, name):
+    if name:
+        served = st.registry.get(name)
+        if served.task != "text-classification":
+            raise errors.validation(f"model {served.id} serves {served.task}; /predict needs a text-classification model")
+        return served
+    return st.registry.choose(lambda e: e.task == "text-classification", "text-classification")
+
+
+def predict_items(inputs) -> tuple[list, bool]:
+    """TEI's untagged inputs: "text" | ["text", "pair"] (a pair) | [["text"], ["text", "pair"], ...]
+    | ["a", "b", "c"] (any other flat list: a batch of single texts)."""
+    def sequence(value):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+            return value[0]
+        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+            return {"text": value[0], "text_pair": value[1]}
+        raise errors.validation(f'each input must be "text" or ["text", "pair"], got {value!r:.80}')
+
+    if isinstance(inputs, str):
+        return [inputs], True
+    if isinstance(inputs, list) and len(inputs) == 2 and all(isinstance(v, str) for v in inputs):
+        return [sequence(inputs)], True
+    if isinstance(inputs, list) and inputs:
+        return [sequence(v) for v in inputs], False
+    raise errors.validation('inputs must be "text", ["text", "pair"] or a list of them')
+
+
+async def predict(request: Request):
+    st = state(request)
+    body = await read_json(request)
+    served = classifier(st, body.get("model"))
+    items, single = predict_items(body.get("inputs"))
+    check_batch(st, len(items))
+    options = {"top_k": None, "truncation": boolean(body.get("truncate"), "truncate", False)}
+    if boolean(body.get("raw_scores"), "raw_scores", False):
+        options["function_to_apply"] = "none"
+    done = await run(served, "run", items, options)
+    return json_response(done.results[0] if single else done.results)
+
+
+async def rerank(request: Request):
+    """Cross-encoders (a text-classification model with one label) score (query, text) pairs;
+    an embedding model ranks by cosine similarity."""
+    st = state(request)
+    body = await read_json(request)
+    query = body.get("query")
+    if not isinstance(query, str):
+        raise errors.validation("query must be a string")
+    docs, _ = texts(body.get("texts"), "texts")
+    check_batch(st, len(docs))
+    truncation = boolean(body.get("truncate"), "truncate", False)
+    raw = boolean(body.get("raw_scores"), "raw_scores", False)
+    name = body.get("model")
+    cross = lambda e: e.task == "text-classification" and len(e.pipeline.id2label) <= 1  # noqa: E731
+    if name:
+        served = st.registry.get(name)
+    elif any(cross(e) for e in st.registry.ready()):
+        served = st.registry.choose(cross, "reranker")
+    else:
+        served = embedding_model(st, None)
+    if served.can_embed:
+        vectors, _ = await embed(served, [query, *docs], normalize=True, truncation=truncation)
+        scores = (vectors[1:] @ vectors[0]).tolist()
+    elif served.task == "text-classification":
+        if len(served.pipeline.id2label) > 1:
+            raise errors.validation(f"model {served.id} has {len(served.pipeline.id2label)} labels; "
+                                    "reranking needs a cross-encoder with one output")
+        options = {"top_k": None, "truncation": truncation, "function_to_apply": "none" if raw else "sigmoid"}
+        done = await run(served, "run", [{"text": query, "text_pair": d} for d in docs], options)
+        scores = [r[0]["score"] for r in done.results]
+    else:
+        raise errors.validation(f"model {served.id} serves {served.task}; /rerank needs a cross-encoder or an embedding model")
+    ranked = sorted(range(len(docs)), key=lambda i: scores[i], reverse=True)
+    return_text = boolean(body.get("return_text"), "return_text", False)
+    return json_response([{"index": i, "score": scores[i], **({"text": docs[i]} if return_text else {})} for i in ranked])

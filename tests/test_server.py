@@ -1,0 +1,507 @@
+"""The HTTP server, driven by the real clients (openai, huggingface_hub.InferenceClient) and
+plain HTTP against uvicorn on 127.0.0.1: every route family, error statuses, limits, dynamic
+batching under concurrency (results equal to the direct pipeline's), loading, model search."""
+
+import base64
+import json
+import math
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from lightpipe import pipeline
+from lightpipe.server import create_app, start_in_thread
+from lightpipe.server import registry as registry_module
+from tiny import bpe_tokenizer, encoder_checkpoint, save_checkpoint, sentences
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+SST2 = {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "label2id": {"NEGATIVE": 0, "POSITIVE": 1}}
+BIO = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+NLI = ["contradiction", "neutral", "entailment"]
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+TEXTS = sentences(24, start=60)
+LONG = " ".join(sentences(30, start=10))  # far beyond the tiny models' 64 tokens
+
+
+def labels(names):
+    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def decoder_checkpoint(folder):
+    """A tiny GPT-2 with a ChatML template (sharpened head: greedy paths without near-ties)."""
+    import transformers
+
+    tok = bpe_tokenizer(folder, "gpt2")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHATML
+    config = transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8)
+    return save_checkpoint(folder, model.eval(), tok)
+
+
+def seq2seq_checkpoint(folder, seed=0):
+    """A tiny BART (byte-level BPE, RoBERTa-style specials) for summarization / translation."""
+    import transformers
+
+    tok = bpe_tokenizer(folder, "roberta")
+    config = transformers.BartConfig(
+        vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.eos_token_id, forced_eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    return save_checkpoint(folder, transformers.BartForConditionalGeneration(config).eval(), tok)
+
+
+def close(a, b, tol=1e-4):
+    """Same structure and strings; floats within tol."""
+    if isinstance(b, dict):
+        return isinstance(a, dict) and set(a) == set(b) and all(close(a[k], b[k], tol) for k in b)
+    if isinstance(b, (list, tuple)):
+        return isinstance(a, (list, tuple)) and len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(b, float):
+        return math.isclose(a, b, abs_tol=tol)
+    return a == b
+
+
+def as_dicts(elements):
+    """huggingface_hub output dataclasses → plain dicts with only the fields the server sent."""
+    if isinstance(elements, list):
+        return [as_dicts(e) for e in elements]
+    return {k: v for k, v in dict(elements).items() if v is not None}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    mk = tmp_path_factory.mktemp
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            "cls": encoder_checkpoint(mk("cls"), "bert", "sequence-classification", **SST2),
+            "ner": encoder_checkpoint(mk("ner"), "bert", "token-classification", lowercase=False, **labels(BIO)),
+            "qa": encoder_checkpoint(mk("qa"), "bert", "question-answering"),
+            "mlm": encoder_checkpoint(mk("mlm"), "bert", "masked-lm"),
+            "nli": encoder_checkpoint(mk("nli"), "bert", "sequence-classification", **labels(NLI)),
+            "gpt": decoder_checkpoint(mk("gpt")),
+            "sum": seq2seq_checkpoint(mk("sum"), seed=0),
+            "mt": seq2seq_checkpoint(mk("mt"), seed=1),
+        }
+
+
+@pytest.fixture(scope="module")
+def direct(folders):
+    """The same pipelines, called directly: the reference for every served result."""
+    return {
+        "emb": pipeline("feature-extraction", model=MINILM),
+        "cls": pipeline("text-classification", model=folders["cls"]),
+        "ner": pipeline("ner", model=folders["ner"]),
+        "qa": pipeline("question-answering", model=folders["qa"]),
+        "mlm": pipeline("fill-mask", model=folders["mlm"]),
+        "nli": pipeline("zero-shot-classification", model=folders["nli"]),
+        "gpt": pipeline("text-generation", model=folders["gpt"]),
+        "sum": pipeline("summarization", model=folders["sum"]),
+        "mt": pipeline("translation", model=folders["mt"]),
+    }
+
+
+@pytest.fixture(autouse=True)
+def clients_online(monkeypatch):
+    """huggingface_hub's InferenceClient refuses every request under HF_HUB_OFFLINE=1, even to
+    127.0.0.1; the test server is local, so let it through."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import reset_sessions
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    reset_sessions()
+    yield
+    reset_sessions()
+
+
+def wait_healthy(url, seconds=60):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if httpx.get(url + "/health").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(httpx.get(url + "/info").text)
+
+
+@pytest.fixture(scope="module")
+def server(folders):
+    """One server with nine pipelines, loaded by the server itself from `[TASK=]MODEL` specs.
+    The embeddings model comes first: it is what `POST /` means for a plain text."""
+    specs = [MINILM, f"text-classification={folders['cls']}", f"ner={folders['ner']}",
+             f"question-answering={folders['qa']}", f"fill-mask={folders['mlm']}",
+             f"zero-shot-classification={folders['nli']}", f"text-generation={folders['gpt']}",
+             f"summarization={folders['sum']}", f"translation={folders['mt']}"]
+    app = create_app(specs, max_client_batch_size=32, max_body_bytes=200_000)
+    with start_in_thread(app) as running:
+        running.app = app
+        wait_healthy(running.url)
+        yield running
+
+
+def name(folders, key):
+    return Path(folders[key]).name  # the served id's folder name works as a short alias
+
+
+def post(server, path, body, **kw):
+    return httpx.post(server.url + path, json=body, timeout=60, **kw)
+
+
+# -- clients -------------------------------------------------------------------------------
+
+def test_openai_client_embeddings_and_models(server, direct):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="-")
+    ids = [m.id for m in client.models.list().data]
+    assert ids[0] == MINILM and len(ids) == 9
+    expected = direct["emb"].embed(["hello", "a second sentence"]).numpy()
+    for fmt in ("base64", "float"):  # the client asks for base64 unless told otherwise
+        kwargs = {} if fmt == "base64" else {"encoding_format": "float"}
+        out = client.embeddings.create(model=MINILM, input=["hello", "a second sentence"], **kwargs)
+        got = np.array([d.embedding for d in out.data])
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+        assert [d.index for d in out.data] == [0, 1]
+        assert out.usage.prompt_tokens == out.usage.total_tokens == 3 + 5  # [CLS] ... [SEP]
+    one = client.embeddings.create(model=MINILM, input="hello", encoding_format="float", dimensions=8)
+    assert len(one.data) == 1 and len(one.data[0].embedding) == 8
+    assert math.isclose(float(np.linalg.norm(one.data[0].embedding)), 1.0, rel_tol=1e-5)
+
+
+def test_inference_client_base_url_routes_by_request_shape(server, direct):
+    """InferenceClient("http://host:port") posts every task to `/`: the shape picks the model."""
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(server.url)
+    vec = client.feature_extraction("Hello world")
+    assert vec.shape == (1, 384)
+    np.testing.assert_allclose(vec[0], direct["emb"].embed(["Hello world"])[0].numpy(), atol=1e-4)
+    sims = client.sentence_similarity("I love learning.", other_sentences=["I like studying.", "Stocks fell."])
+    expected = direct["emb"].embed(["I love learning.", "I like studying.", "Stocks fell."])
+    assert close(sims, (expected[1:] @ expected[0]).tolist())
+    got = as_dicts(client.text_classification("I love this"))
+    assert close(got, direct["cls"]("I love this", top_k=None))
+    assert close(as_dicts(client.zero_shot_classification(TEXTS[0], candidate_labels=["code", "food"])),
+                 [dict(label=l, score=s) for l, s in zip(*(direct["nli"](TEXTS[0], candidate_labels=["code", "food"])[k]
+                                                            for k in ("labels", "scores")))])
+    qa = client.question_answering(question="Where do I work?", context="I work at Hugging Face in Brooklyn.")
+    assert close(as_dicts(qa), direct["qa"](question="Where do I work?", context="I work at Hugging Face in Brooklyn."))
+
+
+def test_inference_client_per_model_urls(server, folders, direct):
+    from huggingface_hub import InferenceClient
+
+    ner = InferenceClient(f"{server.url}/models/{name(folders, 'ner')}")
+    assert close(as_dicts(ner.token_classification(TEXTS[1])), direct["ner"](TEXTS[1], aggregation_strategy="simple"))
+    mlm = InferenceClient(f"{server.url}/models/{name(folders, 'mlm')}")
+    text = TEXTS[2].split(" ", 1)[1] + " [MASK]."
+    assert close(as_dicts(mlm.fill_mask(text, top_k=3)), direct["mlm"](text, top_k=3))
+    cls = InferenceClient(f"{server.url}/models/{folders['cls']}")  # the full folder path works too
+    assert close(as_dicts(cls.text_classification(TEXTS[3], top_k=1)), direct["cls"](TEXTS[3], top_k=1))
+    emb = InferenceClient(f"{server.url}/models/{MINILM}/pipeline/feature-extraction")
+    assert emb.feature_extraction(["a", "b"]).shape == (2, 384)
+
+
+def test_inference_client_text_generation_and_stream(server, folders, direct):
+    from huggingface_hub import InferenceClient
+
+    gen = InferenceClient(f"{server.url}/models/{name(folders, 'gpt')}")
+    prompt = "The assert statement"
+    expected = direct["gpt"](prompt, do_sample=False, max_new_tokens=10, return_full_text=False)[0]["generated_text"]
+    assert gen.text_generation(prompt, max_new_tokens=10) == expected  # TGI: greedy, new text only
+    pieces = list(gen.text_generation(prompt, max_new_tokens=10, stream=True))
+    assert len(pieces) > 1 and "".join(pieces) == expected
+    details = gen.text_generation(prompt, max_new_tokens=10, details=True)
+    assert details.generated_text == expected and details.details.generated_tokens > 0
+    with pytest.warns(UserWarning, match="watermark"):  # refused as TGI does: the client retries without it
+        assert gen.text_generation(prompt, max_new_tokens=10, watermark=True) == expected
+
+
+def test_summarization_and_translation(server, folders, direct):
+    from huggingface_hub import InferenceClient
+    from openai import OpenAI
+
+    text, gen = TEXTS[13], {"max_new_tokens": 6}
+    summarize = InferenceClient(f"{server.url}/models/{name(folders, 'sum')}")
+    assert summarize.summarization(text, generate_parameters=gen).summary_text == direct["sum"](text, **gen)[0]["summary_text"]
+    translate = InferenceClient(f"{server.url}/models/{name(folders, 'mt')}")
+    assert translate.translation(text, generate_parameters=gen).translation_text == direct["mt"](text, **gen)[0]["translation_text"]
+    batch = post(server, f"/models/{name(folders, 'sum')}", {"inputs": TEXTS[12:14], "parameters": {"generate_parameters": gen}})
+    assert batch.json() == direct["sum"](TEXTS[12:14], **gen)
+    done = OpenAI(base_url=server.url + "/v1", api_key="-").completions.create(
+        model=str(folders["mt"]), prompt=text, max_tokens=6, temperature=0)
+    assert done.choices[0].text == direct["mt"](text, max_new_tokens=6, do_sample=False)[0]["translation_text"]
+
+
+def test_openai_chat_and_completions(server, folders, direct):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="-")
+    gpt = str(folders["gpt"])
+    chat = [{"role": "user", "content": "Explain attention."}]
+    expected = direct["gpt"](chat, do_sample=False, max_new_tokens=8, return_full_text=False)[0]["generated_text"]
+    out = client.chat.completions.create(model=gpt, messages=chat, max_tokens=8, temperature=0)
+    assert out.choices[0].message.content == expected and out.choices[0].message.role == "assistant"
+    assert out.usage.completion_tokens > 0 and out.usage.prompt_tokens > 0
+    chunks = list(client.chat.completions.create(model=gpt, messages=chat, max_tokens=8, temperature=0, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    prompt = "Python lists are"
+    plain = direct["gpt"](prompt, do_sample=False, max_new_tokens=6, return_full_text=False)[0]["generated_text"]
+    done = client.completions.create(model=gpt, prompt=prompt, max_tokens=6, temperature=0)
+    assert done.choices[0].text == plain
+    streamed = client.completions.create(model=gpt, prompt=prompt, max_tokens=6, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == plain
+    raw = httpx.post(server.url + "/v1/completions", json={"model": gpt, "prompt": prompt, "max_tokens": 3,
+                                                           "temperature": 0, "stream": True}).text
+    assert raw.rstrip().endswith("data: [DONE]")
+
+
+def test_tei_routes(server, direct):
+    emb = post(server, "/embed", {"inputs": ["hello", "world"]}).json()
+    np.testing.assert_allclose(emb, direct["emb"].embed(["hello", "world"]).numpy(), atol=1e-4)
+    assert len(post(server, "/embed", {"inputs": "hello"}).json()) == 1
+    single = post(server, "/predict", {"inputs": TEXTS[4]}).json()
+    assert close(single, direct["cls"](TEXTS[4], top_k=None))
+    batch = post(server, "/predict", {"inputs": [[TEXTS[4]], [TEXTS[5], TEXTS[6]]]}).json()
+    assert close(batch, [direct["cls"](TEXTS[4], top_k=None),
+                         direct["cls"]({"text": TEXTS[5], "text_pair": TEXTS[6]}, top_k=None)])
+    ranked = post(server, "/rerank", {"query": "a cat on a mat", "texts": ["stock prices", "a kitten on a rug"],
+                                      "return_text": True}).json()
+    assert [r["index"] for r in ranked] == [1, 0] and ranked[0]["text"] == "a kitten on a rug"
+
+
+# -- errors and limits -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, body, status, kind", [
+    ("/models/no-such-model", {"inputs": "x"}, 404, "not_found"),
+    ("/", b"{not json", 422, "validation"),
+    ("/", {"parameters": {}}, 422, "validation"),
+    ("/v1/embeddings", {"model": MINILM, "input": [1, 2, 3]}, 422, "validation"),
+    ("/v1/embeddings", {"model": MINILM, "input": "x", "encoding_format": "int8"}, 422, "validation"),
+    ("/embed", {"inputs": ["x"] * 33}, 413, "payload_too_large"),
+    ("/embed", {"inputs": "word " * 50_000}, 413, "payload_too_large"),
+    ("/predict", {"inputs": "x", "nope": 1, "raw_scores": "yes"}, 422, "validation"),
+    ("/v1/chat/completions", {"model": MINILM, "messages": [{"role": "user", "content": "hi"}]}, 422, "validation"),
+    ("/nowhere", {}, 404, "not_found"),
+])
+def test_error_statuses(server, path, body, status, kind):
+    r = httpx.post(server.url + path, content=body if isinstance(body, bytes) else json.dumps(body).encode(),
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text
+    assert r.json()["error_type"] == kind and r.json()["error"]
+
+
+def test_pipeline_errors_are_422_with_the_pipelines_message(server, folders):
+    cls = f"/models/{name(folders, 'cls')}"
+    r = post(server, cls, {"inputs": "fine", "parameters": {"bogus": 1}})
+    assert r.status_code == 422 and "bogus" in r.json()["error"]
+    r = post(server, cls, {"inputs": LONG})
+    assert r.status_code == 422 and "truncation" in r.json()["error"]
+    assert post(server, cls, {"inputs": LONG, "parameters": {"truncation": True}}).status_code == 200
+    from huggingface_hub import InferenceClient
+    from huggingface_hub.errors import HfHubHTTPError
+    from openai import OpenAI, UnprocessableEntityError
+
+    with pytest.raises(HfHubHTTPError, match="422"):
+        InferenceClient(server.url + cls).text_classification(LONG)
+    with pytest.raises(UnprocessableEntityError):
+        OpenAI(base_url=server.url + "/v1", api_key="-").embeddings.create(model=MINILM, input=[[1, 2]])
+
+
+class Gated:
+    """A pipeline whose runs wait for a gate: keeps requests in flight and queued on purpose."""
+
+    def __init__(self, pipe):
+        self.pipe, self.gate, self.calls = pipe, threading.Event(), []
+
+    def __getattr__(self, attr):
+        return getattr(self.pipe, attr)
+
+    def run(self, items, options, batch_size=None):
+        self.calls.append(list(items))
+        assert self.gate.wait(30)
+        return self.pipe.run(items, options, batch_size)
+
+
+def test_batching_limits_and_isolation(folders, direct):
+    """While the model is busy: requests queue and coalesce into one batch, the event loop still
+    answers, requests beyond --max-concurrent-requests get 429, and the one bad input of the
+    coalesced batch fails alone (the others get their own correct results)."""
+    gated = Gated(pipeline("text-classification", model=folders["cls"]))
+    app = create_app(pipelines={"cls": gated}, max_concurrent_requests=8)
+    batcher = app.state.lightpipe.registry.get("cls").batcher
+    texts = [TEXTS[0], *TEXTS[7:12], LONG, TEXTS[12]]  # LONG is too long for the model: 422
+    with start_in_thread(app) as srv, ThreadPoolExecutor(8) as pool:
+        def ask(text):
+            return httpx.post(srv.url + "/models/cls", json={"inputs": text}, timeout=60)
+
+        futures = [pool.submit(ask, texts[0])]
+        deadline = time.monotonic() + 10
+        while not gated.calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for i, text in enumerate(texts[1:], start=1):
+            futures.append(pool.submit(ask, text))
+            while batcher.depth < i and time.monotonic() < deadline:  # queued, in order
+                time.sleep(0.01)
+        assert batcher.depth == 7
+        start = time.monotonic()
+        assert httpx.get(srv.url + "/health").status_code == 200 and time.monotonic() - start < 1
+        over = ask("one too many")
+        assert over.status_code == 429 and over.json()["error_type"] == "overloaded"
+        gated.gate.set()
+        answers = [f.result() for f in futures]
+    assert len(gated.calls[1]) == 7  # the seven queued requests ran as one batch
+    for text, r in zip(texts, answers):
+        if text is LONG:
+            assert r.status_code == 422 and "truncation" in r.json()["error"]
+        else:
+            assert r.status_code == 200 and close(r.json(), [direct["cls"](text, top_k=None)])
+
+
+def test_concurrent_requests_are_batched_and_correct(server, folders, direct):
+    """200 requests from 32 threads, embeddings and classification mixed: every one answered
+    with the direct pipeline's result for its input, none 5xx, and some were coalesced."""
+    emb_expected = direct["emb"].embed(TEXTS).numpy()
+    cls_expected = [direct["cls"](t, top_k=None) for t in TEXTS]
+    cls_path = f"/models/{name(folders, 'cls')}"
+
+    client = httpx.Client(base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=32))
+
+    def one(i):
+        k = i % len(TEXTS)
+        if i % 2:
+            r = client.post("/v1/embeddings", json={"model": MINILM, "input": TEXTS[k], "encoding_format": "float"})
+            ok = r.status_code == 200 and np.allclose(r.json()["data"][0]["embedding"], emb_expected[k], atol=1e-4)
+        else:
+            r = client.post(cls_path, json={"inputs": TEXTS[k]})
+            ok = r.status_code == 200 and close(r.json(), [cls_expected[k]])
+        return r.status_code, ok
+
+    with client, ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(one, range(200)))
+    assert all(status < 500 for status, _ in results)
+    assert all(ok for _, ok in results), [s for s, ok in results if not ok]
+    metrics = server.app.state.lightpipe.metrics
+    assert metrics.batch_requests.max_bucket(MINILM) > 1  # concurrent requests shared a batch
+    text = httpx.get(server.url + "/metrics").text
+    for metric in ("lightpipe_requests_total", "lightpipe_request_errors_total", "lightpipe_queue_depth",
+                   "lightpipe_batch_inputs_bucket", "lightpipe_request_duration_seconds_bucket",
+                   "lightpipe_requests_in_flight"):
+        assert metric in text
+    assert f'lightpipe_batch_requests_count{{model="{MINILM}"}}' in text
+
+
+def test_health_info_docs_and_playground_page(server):
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    info = httpx.get(server.url + "/info").json()
+    assert {m["task"] for m in info["models"]} >= {"feature-extraction", "text-classification", "token-classification",
+                                                   "question-answering", "fill-mask", "zero-shot-classification",
+                                                   "text-generation", "summarization", "translation"}
+    assert all(m["status"] == "ready" for m in info["models"]) and info["max_client_batch_size"] == 32
+    spec = httpx.get(server.url + "/openapi.json").json()
+    assert {"/", "/v1/embeddings", "/v1/chat/completions", "/embed", "/rerank", "/metrics"} <= set(spec["paths"])
+    assert "openapi.json" in httpx.get(server.url + "/docs").text
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    assert httpx.get(server.url + "/static/app.js").status_code == 200
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+def test_health_is_503_while_loading_and_load_route(folders, monkeypatch):
+    release = threading.Event()
+    real = registry_module.load_pipeline
+
+    def slow(task, model, **kw):
+        if "slow" in model:
+            assert release.wait(30)
+            raise OSError("no such model")
+        return real(task, model, **kw)
+
+    monkeypatch.setattr(registry_module, "load_pipeline", slow)
+    app = create_app(["org/slow"], allow_load=True)
+    with start_in_thread(app) as srv:
+        health = httpx.get(srv.url + "/health")
+        assert health.status_code == 503 and health.json()["error_type"] == "loading"
+        r = httpx.post(srv.url + "/models/org/slow", json={"inputs": "x"})
+        assert r.status_code == 503 and r.json()["error_type"] == "loading"
+        release.set()
+        deadline = time.monotonic() + 10
+        while httpx.get(srv.url + "/health").json().get("status") == "loading" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        failed = httpx.get(srv.url + "/health")
+        assert failed.status_code == 503 and "no such model" in failed.json()["error"]
+
+        r = httpx.post(srv.url + "/api/load", json={"model": str(folders["cls"])})
+        assert r.status_code in (200, 202)
+        while httpx.get(srv.url + "/info").json()["models"][-1]["status"] == "loading" and time.monotonic() < deadline + 20:
+            time.sleep(0.05)
+        r = httpx.post(f"{srv.url}/models/{name(folders, 'cls')}", json={"inputs": "hello"})
+        assert r.status_code == 200 and {d["label"] for d in r.json()[0]} == {"NEGATIVE", "POSITIVE"}
+        bad = httpx.post(srv.url + "/api/load", json={"model": "x", "task": "no-such-task"})
+        assert bad.status_code == 422 and "known tasks" in bad.json()["error"]
+
+
+def test_load_route_is_refused_without_allow_load(server):
+    r = httpx.post(server.url + "/api/load", json={"model": "org/any"})
+    assert r.status_code == 403 and r.json()["error_type"] == "forbidden"
+
+
+# -- model search ------------------------------------------------------------------------------
+
+def test_model_search_through_the_hub(server, hub_server, capsys, monkeypatch):
+    hub_server.add("org/en-fr", {"config.json": "{}"}, pipeline_tag="translation", tags=["translation", "en", "fr"], downloads=50)
+    hub_server.add("org/en-fr-big", {"config.json": "{}"}, pipeline_tag="translation", tags=["translation", "fr"], downloads=900)
+    hub_server.add("org/en-de", {"config.json": "{}"}, pipeline_tag="translation", tags=["translation", "de"], downloads=5000)
+    hub_server.add("org/fr-sentiment", {"config.json": "{}"}, pipeline_tag="text-classification", tags=["fr"], downloads=10)
+    found = httpx.get(server.url + "/api/models", params={"task": "translation", "language": "fr"}).json()
+    assert [m["id"] for m in found] == ["org/en-fr-big", "org/en-fr"]
+    assert found[0] == {"id": "org/en-fr-big", "downloads": 900, "likes": 0, "pipeline_tag": "translation"}
+
+    from lightpipe.cli import main
+
+    assert main(["models", "--task", "translation", "--language", "fr"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [m["id"] for m in lines] == ["org/en-fr-big", "org/en-fr"]
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = httpx.get(server.url + "/api/models", params={"task": "translation"})
+    assert r.status_code == 503 and "offline" in r.json()["error"]
+
+
+def test_base64_encoding_is_little_endian_float32(server):
+    r = post(server, "/v1/embeddings", {"model": MINILM, "input": "hello", "encoding_format": "base64"}).json()
+    vec = np.frombuffer(base64.b64decode(r["data"][0]["embedding"]), dtype="<f4")
+    assert vec.shape == (384,) and math.isclose(float(np.linalg.norm(vec)), 1.0, rel_tol=1e-5)
+
+
+def test_rerank_with_a_cross_encoder(tmp_path):
+    """A one-label text-classification model reranks (query, text) pairs, TEI's way: sigmoid
+    scores, best first; raw_scores gives the logits."""
+    folder = encoder_checkpoint(tmp_path, "bert", "sequence-classification", num_labels=1)
+    cross = pipeline("text-classification", model=folder)
+    query, docs = "a cat on a mat", TEXTS[:4]
+    pairs = [{"text": query, "text_pair": d} for d in docs]
+    scores = [r[0]["score"] for r in cross(pairs, top_k=None, function_to_apply="sigmoid")]
+    logits = [r[0]["score"] for r in cross(pairs, top_k=None, function_to_apply="none")]
+    with start_in_thread(create_app(pipelines={"reranker": cross})) as srv:
+        ranked = httpx.post(srv.url + "/rerank", json={"query": query, "texts": docs}).json()
+        raw = httpx.post(srv.url + "/rerank", json={"query": query, "texts": docs, "raw_scores": True}).json()
+    assert [r["index"] for r in ranked] == sorted(range(4), key=lambda i: -scores[i])
+    assert close([r["score"] for r in ranked], sorted(scores, reverse=True))
+    assert close(sorted(r["score"] for r in raw), sorted(logits))
