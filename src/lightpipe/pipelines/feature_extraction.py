@@ -4,6 +4,7 @@ sentence-similarity (cosine scores of sentences against a source sentence)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -99,6 +100,8 @@ class SentenceSimilarityPipeline(FeatureExtractionPipeline):
             inputs = {"source_sentence": inputs, "sentences": sentences}
         if isinstance(inputs, list) and inputs and all(isinstance(i, dict) for i in inputs):
             return [self(i, **kwargs) for i in inputs]
+        if isinstance(inputs, Iterator):  # a stream of {"source_sentence", "sentences"} items
+            return (self(i, **kwargs) for i in inputs)
         if not isinstance(inputs, dict) or "source_sentence" not in inputs or "sentences" not in inputs:
             raise ValueError('inputs must be {"source_sentence": str, "sentences": [str, ...]}')
         source = check_text(inputs["source_sentence"], "source_sentence")
