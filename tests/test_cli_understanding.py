@@ -4,7 +4,6 @@ is the pipeline's result, and bad input is one clear error line with exit code 2
 import json
 
 import pytest
-import torch
 
 from lightpipe import pipeline
 from lightpipe.cli import main
@@ -14,16 +13,6 @@ TEXT = "My name is Sylvain and I work at Hugging Face in Brooklyn."
 LONG = " ".join(sentences(8, start=30))
 BIO = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 NLI = ["contradiction", "neutral", "entailment"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and OpenMP threads spinning while other
-    processes hold the cores make these tests many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def labels_config(names):

@@ -36,16 +36,6 @@ def plain(results):
     return {k: float(v) if k == "score" else v for k, v in results.items()}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and OpenMP threads spinning while other
-    processes hold the cores make these tests many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def quiet():
     with warnings.catch_warnings():
