@@ -100,3 +100,10 @@ def test_download_then_pipeline_from_cache_with_hub_stopped(capsys, hub_server, 
     texts = sentences(5)
     ours = pipeline("text-classification", model="org/sst2-tiny")(texts)
     assert_same(ours, transformers.pipeline("text-classification", model=str(classifier))(texts))
+
+
+@pytest.mark.parametrize("task, message", [("translation", "translation_en_to_fr"),
+                                           ("translation_fr_to_en", "Helsinki-NLP/opus-mt-fr-en")])
+def test_translation_without_a_model_needs_a_known_pair(task, message):
+    with pytest.raises(ValueError, match=message):
+        pipeline(task)

@@ -359,5 +359,5 @@ def test_prompt_longer_than_the_context(models):
     with pytest.raises(ValueError, match="input_ids.*context"):
         generate(ours, ids, max_new_tokens=5)
     with pytest.warns(UserWarning, match="context ends at 48"):
-        out = generate(ours, ids[:, :45], max_new_tokens=10)  # room for 3: stops at the context's end
-    assert out.shape[1] == 48
+        out = generate(ours, ids[:, :45], max_new_tokens=10)  # stops at the context's end
+    assert out.shape[1] == 49  # 48 positions fed; the last token is predicted from position 47

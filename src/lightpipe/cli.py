@@ -24,7 +24,7 @@ def task_options(args) -> dict:
     if args.labels is not None:
         options["candidate_labels"] = [label.strip() for label in args.labels.split(",") if label.strip()]
     for flag in ("aggregation_strategy", "max_new_tokens", "max_length", "num_beams", "temperature", "pooling",
-                 "hypothesis_template"):
+                 "hypothesis_template", "src_lang", "tgt_lang"):
         if getattr(args, flag, None) is not None:
             options[flag] = getattr(args, flag)
     if getattr(args, "multi_label", False):
@@ -59,6 +59,14 @@ def cli_inputs(args) -> list:
     return texts
 
 
+GENERATION_TASKS = {"text-generation", "summarization", "translation", "text2text-generation"}
+
+
+def default_window(task: str) -> int:
+    """Rows per window: generation is slow per row, so smaller windows keep the bar moving."""
+    return 32 if task in GENERATION_TASKS or task.startswith("translation_") else 512
+
+
 def cmd_run(args) -> None:
     from . import pipeline
 
@@ -72,7 +80,7 @@ def cmd_run(args) -> None:
 
         columns = Columns(args.column, args.pair_column, args.question_column, args.context_column)
         run_file(pipe, args.input, args.output, options=options, fmt=args.format, columns=columns,
-                 window=args.window, resume=args.resume, task=args.task)
+                 window=args.window or default_window(args.task), resume=args.resume, task=args.task)
         return
     if args.task == "text-generation" and len(args.texts or []) == 1 and not (args.json or args.output):
         # one prompt on a terminal: show the text as it is generated
@@ -157,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--question-column", help="question-answering: --input column of questions (default: question)")
     run.add_argument("--context-column", help="question-answering: --input column of contexts (default: context)")
     run.add_argument("--resume", action="store_true", help="skip the rows already in --output (after an interruption)")
-    run.add_argument("--window", type=int, default=512, help="rows read, run and written at a time (default: 512)")
+    run.add_argument("--window", type=int,
+                     help="rows read, run and written at a time (default: 512; 32 for generation tasks)")
     run.add_argument("--top-k", type=int)
     run.add_argument("--labels", help="zero-shot candidate labels, comma-separated")
     run.add_argument("--source", help="sentence-similarity: the sentence the others are compared with")
@@ -169,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-new-tokens", type=int)
     run.add_argument("--max-length", type=int)
     run.add_argument("--num-beams", type=int)
+    run.add_argument("--src-lang", help="translation: source language code for multilingual models (mBART: en_XX)")
+    run.add_argument("--tgt-lang", help="translation: target language code for multilingual models (mBART: fr_XX)")
     run.add_argument("--temperature", type=float)
     run.add_argument("--pooling", help="feature-extraction: mean, cls, max or auto")
     run.add_argument("--normalize", action="store_true")

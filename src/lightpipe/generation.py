@@ -390,7 +390,8 @@ class _Runner:
             n = cache.length
             cache.k[:, :, :, :n] = cache.k[:, :, :, :n].index_select(1, index)
             cache.v[:, :, :, :n] = cache.v[:, :, :, :n].index_select(1, index)
-            cache.cross = {i: (k.index_select(0, index), v.index_select(0, index)) for i, (k, v) in cache.cross.items()}
+            if not within_groups:  # beams of one prompt share its cross-attention keys/values
+                cache.cross = {i: (k.index_select(0, index), v.index_select(0, index)) for i, (k, v) in cache.cross.items()}
         else:
             cache.reorder(index)
         if within_groups:
@@ -509,13 +510,14 @@ def generate(
                 f"`input_ids` has {P} tokens but the model's context is {hard} positions: "
                 "no room to generate; shorten (truncate) the prompt"
             )
-        if max_length > hard:
+        # the last token is never fed back, so a sequence may be one longer than the table
+        if max_length > hard + 1:
             warnings.warn(
                 f"the model's context ends at {hard} positions: generation stops there, "
-                f"{max_length - hard} tokens short of the requested length",
+                f"{max_length - hard - 1} tokens short of the requested length",
                 stacklevel=2,
             )
-            max_length = hard
+            max_length = hard + 1
     if P >= max_length:
         name = "decoder_input_ids" if is_enc_dec else "input_ids"
         raise ValueError(

@@ -70,6 +70,20 @@ def normalize_task(task: str) -> tuple[Task, dict]:
     raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(known_tasks())}")
 
 
+T5_PAIRS = {("en", "fr"), ("en", "de"), ("en", "ro")}  # the pairs t5-base was trained on
+
+
+def check_translation_default(task: str, extra: dict) -> None:
+    """t5-base translates only en→fr/de/ro: anything else needs a model, as in transformers."""
+    if task == "translation":
+        raise ValueError('the translation task has no default model without languages: name them '
+                         '("translation_en_to_fr") or pass model=, e.g. "Helsinki-NLP/opus-mt-fr-en"')
+    pair = (extra.get("src_lang"), extra.get("tgt_lang"))
+    if extra and pair not in T5_PAIRS:
+        raise ValueError(f"{task} has no default model (t5-base covers en→fr, en→de, en→ro); pass one, "
+                         f"e.g. model=\"Helsinki-NLP/opus-mt-{pair[0]}-{pair[1]}\"")
+
+
 def pipeline_class(task: Task):
     module, cls = task.pipeline.split(":")
     return getattr(importlib.import_module(f"lightpipe.pipelines.{module}"), cls)
@@ -92,6 +106,7 @@ def build_pipeline(task=None, model=None, *, revision=None, device=None, dtype=N
         task = HEAD_TASKS[checkpoint_head(read_config(folder))]
     spec, extra = normalize_task(task)
     if model is None:
+        check_translation_default(task, extra)
         model, revision = spec.default_model, revision or spec.default_revision
     folder = hub.resolve(model, revision, allow_pickle=allow_pickle, token=token)
     config = read_config(folder)

@@ -72,9 +72,18 @@ class Tokenizer:
             backend = _wordpiece(folder / "vocab.txt", config)
         elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             backend = _byte_level_bpe(folder, config, model_type)
+        elif (folder / "source.spm").is_file() and (folder / "vocab.json").is_file():
+            from .spm_tokenizer import MarianTokenizer  # Marian: sentencepiece + vocab.json, own class
+
+            return MarianTokenizer.from_folder(folder, config, model_type)
+        elif (folder / "spiece.model").is_file():
+            from .spm_tokenizer import spiece_backend  # T5 saved by the slow tokenizer
+
+            backend = spiece_backend(folder / "spiece.model", config, model_type)
         else:
             raise FileNotFoundError(
-                f"no tokenizer in {folder}: expected tokenizer.json, vocab.txt or vocab.json + merges.txt"
+                f"no tokenizer in {folder}: expected tokenizer.json, vocab.txt, vocab.json + merges.txt, "
+                "source.spm + vocab.json (Marian) or spiece.model (T5)"
             )
         backend.no_padding()
         backend.no_truncation()
