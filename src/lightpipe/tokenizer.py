@@ -188,7 +188,7 @@ def _byte_level_bpe(folder: Path, config: dict, model_type: str | None) -> Backe
     from tokenizers.implementations import ByteLevelBPETokenizer
 
     roberta_like = model_type in ("roberta", "bart", "longformer")
-    tok = ByteLevelBPETokenizer(
+    tok = ByteLevelBPETokenizer.from_file(
         str(folder / "vocab.json"), str(folder / "merges.txt"),
         add_prefix_space=config.get("add_prefix_space", False),
         # transformers' GPT-2 converter keeps the space in offsets; RoBERTa's trims it
