@@ -114,7 +114,8 @@ def cmd_tasks(args) -> None:
         aliases = f" (aliases: {', '.join(t.aliases)})" if t.aliases else ""
         revision = f"@{t.default_revision}" if t.default_revision else ""
         print(f"{t.name:<{width}}{t.default_model}{revision}{aliases}")
-    print(f"{'translation_XX_to_YY':<{width}}{TASKS['translation'].default_model} (e.g. translation_en_to_fr)")
+    print(f"{'translation_XX_to_YY':<{width}}{TASKS['translation'].default_model} "
+          "(translation_en_to_fr, _en_to_de, _en_to_ro; other pairs need --model)")
 
 
 def cmd_models(args) -> None:
