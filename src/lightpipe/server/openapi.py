@@ -30,7 +30,7 @@ def openapi_spec(version: str) -> dict:
     hf = "Hugging Face Inference API"
     paths = {
         "/": {**op("Inference (HF Inference API)", "Runs {inputs, parameters} on a served model. With several models "
-                   "served, the request's shape picks one (see the README, "Serving"); GET / is the playground.",
+                   "served, the request's shape picks one (see the README's Serving section); GET / is the playground.",
                    {"inputs": "I love this", "parameters": {"top_k": 2}},
                    [[{"label": "POSITIVE", "score": 0.99}, {"label": "NEGATIVE", "score": 0.01}]], hf),
               **op("Playground", "The browser playground (HTML).", tag="playground", method="get", errors=False)},
