@@ -275,9 +275,30 @@ def _prefixed(names, prefix):
     return [f"{prefix}.{n}" for n in names]
 
 
-class BartForConditionalGeneration(nn.Module):
-    base_model_prefix = "model"
+class Seq2SeqLM:
+    """The engine's encoder-decoder protocol (see generation.py) for a model with `.model.encoder`,
+    `.model.decoder`, `.lm_head` and `.final_logits_bias`: BART's and Marian's."""
+
     is_encoder_decoder = True
+
+    def encode(self, input_ids, attention_mask=None):
+        return self.model.encoder(input_ids, attention_mask)
+
+    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
+        cfg, w = self.config, self.lm_head.weight
+        heads = cfg.decoder_attention_heads
+        head_dim = cfg.d_model // heads
+        return KVCache(cfg.decoder_layers, batch, heads, max_len, head_dim, dtype or w.dtype, device or w.device)
+
+    def decode(self, decoder_input_ids, encoder_hidden, encoder_mask=None, cache=None, decoder_attention_mask=None):
+        h = self.model.decoder(decoder_input_ids, encoder_hidden, encoder_mask, cache, decoder_attention_mask)
+        if cache is not None:  # every layer has written its T new keys: move the cursor (engine protocol)
+            cache.advance(decoder_input_ids.shape[1])
+        return self.lm_head(h) + self.final_logits_bias  # (B, T, V)
+
+
+class BartForConditionalGeneration(Seq2SeqLM, nn.Module):
+    base_model_prefix = "model"
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -300,21 +321,6 @@ class BartForConditionalGeneration(nn.Module):
 
     def post_load(self):
         self.tie_weights()  # .to() keeps ties today; re-tying is cheap insurance
-
-    def encode(self, input_ids, attention_mask=None):
-        return self.model.encoder(input_ids, attention_mask)
-
-    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
-        cfg, w = self.config, self.lm_head.weight
-        heads = cfg.decoder_attention_heads
-        head_dim = cfg.d_model // heads
-        return KVCache(cfg.decoder_layers, batch, heads, max_len, head_dim, dtype or w.dtype, device or w.device)
-
-    def decode(self, decoder_input_ids, encoder_hidden, encoder_mask=None, cache=None, decoder_attention_mask=None):
-        h = self.model.decoder(decoder_input_ids, encoder_hidden, encoder_mask, cache, decoder_attention_mask)
-        if cache is not None:  # every layer has written its T new keys: move the cursor (engine protocol)
-            cache.advance(decoder_input_ids.shape[1])
-        return self.lm_head(h) + self.final_logits_bias  # (B, T, V)
 
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
         if decoder_input_ids is None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from .bart import DecoderLayer, EncoderLayer, cross_mask, decoder_self_mask
-from .common import KVCache, padding_mask
+from .bart import DecoderLayer, EncoderLayer, Seq2SeqLM, cross_mask, decoder_self_mask
+from .common import padding_mask
 
 
 @dataclass
@@ -141,9 +141,8 @@ class MarianModel(nn.Module):
         return self.decoder(decoder_input_ids, enc, attention_mask, attention_mask=decoder_attention_mask)
 
 
-class MarianMTModel(nn.Module):
+class MarianMTModel(Seq2SeqLM, nn.Module):
     base_model_prefix = "model"
-    is_encoder_decoder = True
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -165,21 +164,6 @@ class MarianMTModel(nn.Module):
 
     def post_load(self):
         self.tie_weights()
-
-    def encode(self, input_ids, attention_mask=None):
-        return self.model.encoder(input_ids, attention_mask)
-
-    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
-        cfg, w = self.config, self.lm_head.weight
-        heads = cfg.decoder_attention_heads
-        head_dim = cfg.d_model // heads
-        return KVCache(cfg.decoder_layers, batch, heads, max_len, head_dim, dtype or w.dtype, device or w.device)
-
-    def decode(self, decoder_input_ids, encoder_hidden, encoder_mask=None, cache=None, decoder_attention_mask=None):
-        h = self.model.decoder(decoder_input_ids, encoder_hidden, encoder_mask, cache, decoder_attention_mask)
-        if cache is not None:  # every layer has written its T new keys: move the cursor (engine protocol)
-            cache.advance(decoder_input_ids.shape[1])
-        return self.lm_head(h) + self.final_logits_bias  # (B, T, V)
 
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
         enc = self.encode(input_ids, attention_mask)
