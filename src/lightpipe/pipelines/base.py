@@ -12,8 +12,10 @@ from __future__ import annotations
 import inspect
 import itertools
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
+from tokenizers import Encoding
 
 DEFAULT_MAX_BATCH_TOKENS = 8192  # padded tokens per forward pass: fits caches, amortises overhead
 DEFAULT_MAX_BATCH_ROWS = 64
@@ -170,6 +172,22 @@ class Pipeline:
                     f"{self.max_input_tokens}; pass truncation=True to cut it (input starts {text[:40]!r})"
                 )
         return encodings
+
+
+@dataclass
+class EncodedRow:
+    """A tokenized row with task data beside it: subclasses add fields for postprocess; the
+    batcher reads only `ids` and `type_ids`."""
+
+    encoding: Encoding
+
+    @property
+    def ids(self):
+        return self.encoding.ids
+
+    @property
+    def type_ids(self):
+        return self.encoding.type_ids
 
 
 def check_text(value, name: str = "inputs") -> str:

@@ -14,30 +14,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from tokenizers import Encoding
 
-from .base import Pipeline, check_known, check_positive_int
+from .base import EncodedRow, Pipeline, check_known, check_positive_int
 
 DEFAULT_MAX_QUESTION_LEN = 64
 DEFAULT_MAX_ANSWER_LEN = 15
 
 
 @dataclass
-class Window:
+class Window(EncodedRow):
     """One (question, context window) row: ids for the batcher, the rest for postprocess."""
 
-    encoding: Encoding
     context: str
     p_mask: np.ndarray  # 1 where a token can't be part of an answer (question, special tokens)
     context_index: int  # which sequence of the pair is the context
-
-    @property
-    def ids(self):
-        return self.encoding.ids
-
-    @property
-    def type_ids(self):
-        return self.encoding.type_ids
 
 
 def decode_spans(start: np.ndarray, end: np.ndarray, topk: int, max_answer_len: int, allowed: np.ndarray):

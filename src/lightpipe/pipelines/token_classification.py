@@ -12,29 +12,18 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from tokenizers import Encoding
 
-from .base import Pipeline, check_known, check_text
+from .base import EncodedRow, Pipeline, check_known, check_text
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 WORD_STRATEGIES = ("first", "average", "max")
 
 
 @dataclass
-class Window:
-    """One tokenized window of a text: what the batcher needs (ids, type_ids) plus what
-    postprocess needs to map tokens back to the text."""
+class Window(EncodedRow):
+    """One tokenized window of a text, with the text postprocess maps tokens back to."""
 
-    encoding: Encoding
     text: str
-
-    @property
-    def ids(self):
-        return self.encoding.ids
-
-    @property
-    def type_ids(self):
-        return self.encoding.type_ids
 
 
 def strategy_name(value) -> str:
