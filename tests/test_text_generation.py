@@ -153,3 +153,10 @@ def test_cli_streams_one_prompt_and_prints_json_on_request(folder, capsys):
     import json
 
     assert json.loads(capsys.readouterr().out) == expected
+
+
+def test_generator_of_prompts_streams_results_in_order(folder):
+    ours = pipeline("text-generation", model=folder)
+    results = ours((p for p in PROMPTS), do_sample=False, max_new_tokens=6)
+    assert not isinstance(results, list)
+    assert list(results) == ours(PROMPTS, do_sample=False, max_new_tokens=6)

@@ -67,14 +67,14 @@ class Pipeline:
                 raise ValueError("inputs is an empty list; pass at least one input")
             return self.run(list(inputs), options, batch_size)
         if isinstance(inputs, Iterable):
-            return self.stream(iter(inputs), options, batch_size)
+            return self.run_stream(iter(inputs), options, batch_size)
         raise TypeError(f"inputs must be a string, a list of strings or an iterable of them, got {type(inputs).__name__}")
 
     def is_single(self, inputs) -> bool:
         """Whether `inputs` is one item though it is a list (chat messages, say)."""
         return False
 
-    def stream(self, items: Iterator, options: dict, batch_size) -> Iterator:
+    def run_stream(self, items: Iterator, options: dict, batch_size) -> Iterator:
         """Results for an unbounded stream, read in windows so memory stays flat."""
         while window := list(itertools.islice(items, WINDOW_ITEMS)):
             yield from self.run(window, options, batch_size)

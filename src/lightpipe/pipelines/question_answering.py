@@ -138,7 +138,7 @@ class QuestionAnsweringPipeline(Pipeline):
         options = {**self.defaults, **self.check_options(kwargs)}
         batch_size = check_positive_int(options.pop("batch_size", self.batch_size), "batch_size")
         if isinstance(items, types.GeneratorType):
-            return self.stream(items, options, batch_size)
+            return self.run_stream(items, options, batch_size)
         items = [check_item(item) for item in items]
         if not items:
             raise ValueError("no question given: pass question= and context=")
