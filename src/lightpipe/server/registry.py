@@ -83,12 +83,8 @@ class Served:
 
 
 def has_token_stream(pipe) -> bool:
-    """Whether the pipeline's `stream` is the text-generation `stream(prompt, **kw)` generator
-    rather than the base class's windowed reader of an input iterable."""
-    from ..pipelines.base import Pipeline
-
-    stream = getattr(type(pipe), "stream", None)
-    return stream is not None and stream is not Pipeline.stream
+    """Whether the pipeline streams generated text: `stream(prompt, **kw)` (text-generation)."""
+    return callable(getattr(pipe, "stream", None))
 
 
 def _safe(fn):
