@@ -101,20 +101,19 @@ def build_pipeline(task=None, model=None, *, revision=None, device=None, dtype=N
         raise ValueError("pipeline() needs a task, a model, or both; known tasks: " + ", ".join(known_tasks()))
     if model is not None and not isinstance(model, str) and not hasattr(model, "__fspath__"):
         raise TypeError(f"model must be a Hub id or a local folder path, got {type(model).__name__}")
-    if task is None:
-        folder = hub.resolve(model, revision, allow_pickle=allow_pickle, token=token)
-        task = HEAD_TASKS[checkpoint_head(read_config(folder))]
-    spec, extra = normalize_task(task)
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     if model is None:
+        spec, extra = normalize_task(task)
         check_translation_default(task, extra)
         model, revision = spec.default_model, revision or spec.default_revision
     folder = hub.resolve(model, revision, allow_pickle=allow_pickle, token=token)
     config = read_config(folder)
+    # a model without a task: the task its checkpoint's head is for
+    spec, extra = normalize_task(task if task is not None else HEAD_TASKS[checkpoint_head(config)])
     cls = pipeline_class(spec)
     net, config = load_model(folder, cls.head_for(config), dtype=dtype, device=device, allow_pickle=allow_pickle)
-    if quantize is not None:
-        if quantize != "int8":
-            raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if quantize == "int8":
         from .quantize import quantize_int8
 
         net = quantize_int8(net)

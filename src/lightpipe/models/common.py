@@ -6,8 +6,6 @@ flags here.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,17 +53,6 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 def attention(q, k, v, mask=None, causal=False, scale=None):
     """Scaled dot-product attention on (B, H, T, D) tensors; `mask` additive or boolean."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale)
-
-
-def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
-    """The sin | cos position table of Marian/BART-style sinusoidal embeddings."""
-    position = torch.arange(n_positions, dtype=torch.float32)[:, None]
-    inv = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-    table = torch.zeros(n_positions, dim)
-    half = dim // 2 + dim % 2
-    table[:, :half] = torch.sin(position * inv)
-    table[:, half:] = torch.cos(position * inv[: dim // 2])
-    return table
 
 
 class KVCache:
