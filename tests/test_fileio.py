@@ -10,7 +10,8 @@ import pytest
 
 from lightpipe import pipeline
 from lightpipe.cli import main
-from lightpipe.fileio import Columns, flatten_result, read_windows, row_input, run_file
+from lightpipe.fileio import read_windows, run_file
+from lightpipe.rows import Columns, flatten_result, row_input
 from tiny import encoder_checkpoint, sentences
 
 import pyarrow as pa  # noqa: E402  (the files extra; `make test` installs it)

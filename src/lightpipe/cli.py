@@ -76,7 +76,8 @@ def cmd_run(args) -> None:
     if args.input:
         if args.texts:
             raise ValueError("give TEXT arguments or --input FILE, not both")
-        from .fileio import Columns, run_file
+        from .fileio import run_file
+        from .rows import Columns
 
         columns = Columns(args.column, args.pair_column, args.question_column, args.context_column)
         run_file(pipe, args.input, args.output, options=options, fmt=args.format, columns=columns,

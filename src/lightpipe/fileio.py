@@ -1,12 +1,11 @@
 """Batch inference over files: text lines, JSON lines, CSV/TSV and Parquet, read and written in
 windows so memory stays flat however large the file, with `resume` after an interruption.
 
-    run_file(pipe, "reviews.parquet", "scored.parquet", column="text")
+    run_file(pipe, "reviews.parquet", "scored.parquet", columns=Columns(text="review"))
 
 Each input row becomes one pipeline input (a column's text, a text pair, a question/context
-pair); each result is flattened into columns (`result_columns`) and appended to the row, and the
-output is written in its extension's format, rows in input order. The same flattening is used
-by `lightpipe.integrations.ray`.
+pair); each result is flattened into columns (`rows.flatten_result`) and appended to the row, and the
+output is written in its extension's format, rows in input order.
 
 Crash safety, so `resume=True` computes nothing twice and loses nothing:
 - text / JSON lines / CSV: each window is written in one write, flushed and fsynced; on resume
@@ -30,15 +29,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .rows import Columns, base_task, canonical_task, flatten_result, row_input
+
 WINDOW = 512  # rows per window: the same as pipelines.base.WINDOW_ITEMS
 FORMATS = ("text", "jsonl", "csv", "tsv", "parquet")
 EXTENSIONS = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
               ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 MERGE_ROWS = 8192  # rows per row group when the Parquet parts are merged
-GENERATION_KEYS = {"text-generation": "generated_text", "text2text-generation": "generated_text",
-                   "summarization": "summary_text", "translation": "translation_text"}
-LIST_COLUMNS = {"token-classification": "entities", "fill-mask": "predictions", "question-answering": "answers",
-                "feature-extraction": "embedding", "sentence-similarity": "scores"}
 
 
 def need_pyarrow():
@@ -182,92 +179,6 @@ def _parquet_windows(path, window: int, skip: int) -> Iterator[Window]:
         if batch.num_rows:
             yield Window(batch.to_pylist(), index, batch)
             index += batch.num_rows
-
-
-# -- rows → pipeline inputs ---------------------------------------------------------------
-
-@dataclass
-class Columns:
-    """Which input columns feed the pipeline. None means the default: "text" (with
-    "text_pair" when a row has one), "question"/"context" for question-answering."""
-    text: str | None = None
-    pair: str | None = None
-    question: str | None = None
-    context: str | None = None
-
-
-def _canonical(task: str) -> str:
-    from .tasks import ALIASES
-
-    return ALIASES.get(task, task)
-
-
-def base_task(task: str) -> str:
-    return "translation" if task.startswith("translation") else task
-
-
-def row_input(row: dict, number: int, task: str, cols: Columns):
-    """One row → the pipeline's input for `task`. `number` (1-based) names the row in errors."""
-    task = base_task(task)
-    if task == "question-answering":
-        return {"question": _field(row, cols.question or "question", number, "--question-column"),
-                "context": _field(row, cols.context or "context", number, "--context-column")}
-    if task == "sentence-similarity" and not cols.text:
-        if "source_sentence" in row and "sentences" in row:
-            return {"source_sentence": row["source_sentence"], "sentences": row["sentences"]}
-        raise ValueError(f"row {number}: sentence-similarity rows need 'source_sentence' and 'sentences' "
-                         f"(a JSON lines object), got columns {sorted(row)}")
-    text = _field(row, cols.text or "text", number, "--column")
-    pair = cols.pair or ("text_pair" if cols.text is None and row.get("text_pair") is not None else None)
-    if pair:
-        return {"text": text, "text_pair": _field(row, pair, number, "--pair-column")}
-    return text
-
-
-def _field(row: dict, name: str, number: int, flag: str):
-    if name not in row:
-        raise ValueError(f"row {number}: no column {name!r} (columns: {', '.join(map(str, row))}); pick one with {flag}")
-    value = row[name]
-    if value is None:
-        raise ValueError(f"row {number}: column {name!r} is empty (null)")
-    return value
-
-
-# -- results → columns --------------------------------------------------------------------
-
-def flatten_result(task: str, result) -> dict:
-    """One result → {column: value}, the same columns for every row of a run:
-
-    - a dict of values becomes its keys: text-classification `label`, `score`; question-answering
-      `score`, `start`, `end`, `answer`; zero-shot `labels`, `scores` (its `sequence` is the input)
-    - text-classification with top_k (a list): `labels`, `scores`, best first
-    - generation: `generated_text` / `summary_text` / `translation_text` (a list of them with
-      num_return_sequences > 1)
-    - lists: token-classification `entities`, fill-mask `predictions`, question-answering with
-      top_k `answers`, feature-extraction `embedding`, sentence-similarity `scores`
-    - anything else: `result`
-    """
-    task = base_task(task)
-    if task in GENERATION_KEYS and isinstance(result, list) and all(isinstance(r, dict) and len(r) == 1 for r in result):
-        key = GENERATION_KEYS[task]
-        values = [next(iter(r.values())) for r in result]
-        return {key: values[0] if len(values) == 1 else values}
-    if task == "zero-shot-classification" and isinstance(result, dict):
-        return {k: v for k, v in result.items() if k != "sequence"}
-    if isinstance(result, dict):
-        return dict(result)
-    if task == "text-classification" and isinstance(result, list) and all(isinstance(r, dict) for r in result):
-        return {"labels": [r["label"] for r in result], "scores": [r["score"] for r in result]}
-    if task in LIST_COLUMNS and isinstance(result, list):
-        return {LIST_COLUMNS[task]: result}
-    return {"result": result}
-
-
-def result_columns(task: str, results: list) -> dict[str, list]:
-    """Flattened results of a window, column by column (columns in first-seen order)."""
-    flat = [flatten_result(task, r) for r in results]
-    names = list(dict.fromkeys(k for f in flat for k in f))
-    return {name: [f.get(name) for f in flat] for name in names}
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -612,7 +523,7 @@ def run_file(pipe, input, output=None, *, options: dict | None = None, fmt: str 
     `output` are skipped. Returns the number of rows in the output."""
     options = dict(options or {})
     columns = columns or Columns()
-    task = getattr(pipe, "task", None) or _canonical(task or "")
+    task = getattr(pipe, "task", None) or canonical_task(task or "")
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise ValueError(f"window must be a positive integer, got {window!r}")
     if str(input) != "-" and not Path(input).is_file():

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fileio import Columns, flatten_result, row_input
+from ..rows import Columns, flatten_result, row_input
 
 
 class PipelinePredictor:
