@@ -372,9 +372,9 @@ def test_zero_shot_pairs_run_in_one_sorted_batch(nli):
     calls = []
     forward = ours.forward
 
-    def counting(input_ids, attention_mask, **kw):
-        calls.append(tuple(input_ids.shape))
-        return forward(input_ids, attention_mask, **kw)
+    def counting(batch, **kw):
+        calls.append(tuple(batch["input_ids"].shape))
+        return forward(batch, **kw)
 
     ours.forward = counting
     try:

@@ -99,8 +99,10 @@ class Pipeline:
         the whole window in one `encode_batch` call (parallel, in Rust)."""
         return [self.preprocess(item, **options) for item in items]
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, **options):
-        raise NotImplementedError
+    def forward(self, batch: dict, **options):
+        """The model on a collated batch (input_ids, attention_mask, and token_type_ids when
+        the model takes them); tasks that need more than the model's output override this."""
+        return self.model(**batch)
 
     def postprocess(self, rows: list, outputs: list, **options):
         raise NotImplementedError
@@ -123,7 +125,7 @@ class Pipeline:
                 take = max(1, min(max_rows, self.max_batch_tokens // max(longest, 1)))
                 batch = order[start:start + take]
                 start += take
-                out = self.forward(**self.collate([rows[i] for i in batch]), **options)
+                out = self.forward(self.collate([rows[i] for i in batch]), **options)
                 outs = out if isinstance(out, tuple) else (out,)
                 outs = tuple(o.float().cpu() for o in outs)
                 for j, i in enumerate(batch):

@@ -68,9 +68,6 @@ class FeatureExtractionPipeline(Pipeline):
     def preprocess_batch(self, items, truncation=False, **options):
         return [[row] for row in self.encode([check_text(i) for i in items], truncation=truncation)]
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, **options):
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return self.model(input_ids, attention_mask=attention_mask, **extra)
 
     def postprocess(self, rows, outputs, pooling=None, normalize=False, return_tensors=False, **options):
         hidden = outputs[0]  # (T, D) real tokens only

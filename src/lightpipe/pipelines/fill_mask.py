@@ -59,10 +59,10 @@ class FillMaskPipeline(Pipeline):
             raise ValueError(f"no mask token ({self.tokenizer.mask_token}) found in the input: {item!r:.80}")
         return rows
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, **options):
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+    def forward(self, batch: dict, **options):
+        input_ids = batch["input_ids"]
         is_mask = input_ids == self.tokenizer.mask_token_id
-        picked = self.model(input_ids, attention_mask=attention_mask, select=is_mask, **extra)  # (N, V) masks only
+        picked = self.model(**batch, select=is_mask)  # (N, V): mask positions only
         # left-align each row's masks: (B, max_masks, V)
         counts = is_mask.sum(1)
         out = picked.new_zeros(input_ids.shape[0], int(counts.max()), picked.shape[-1])

@@ -236,9 +236,6 @@ class QuestionAnsweringPipeline(Pipeline):
             return question
         return question[:enc.offsets[max_question_len - 1][1]]
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, **options):
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return self.model(input_ids, attention_mask=attention_mask, **extra)  # (start (B, T), end (B, T))
 
     # -- answers -------------------------------------------------------------------------
 

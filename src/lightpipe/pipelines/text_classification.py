@@ -55,9 +55,6 @@ class TextClassificationPipeline(Pipeline):
             return [[row] for row in self.encode(items, truncation=truncation)]
         return [self.preprocess(i, truncation=truncation) for i in items]
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, **options):
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return self.model(input_ids, attention_mask=attention_mask, **extra)
 
     def default_function(self) -> str:
         problem = self.config.get("problem_type")

@@ -102,9 +102,6 @@ class TokenClassificationPipeline(Pipeline):
         encodings = [enc, *enc.overflowing] if stride is not None else [enc]
         return [Window(e, text) for e in encodings]
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, **options):
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return self.model(input_ids, attention_mask=attention_mask, **extra)  # (B, T, num_labels)
 
     # -- entities ------------------------------------------------------------------------
 

@@ -218,9 +218,6 @@ class ZeroShotClassificationPipeline(Pipeline):
                                  "tokens; shorten hypothesis_template or the label")
         return encodings
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, **options):
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return self.model(input_ids, attention_mask=attention_mask, **extra)  # (B, num_labels)
 
     # -- embedding mode ------------------------------------------------------------------
 
