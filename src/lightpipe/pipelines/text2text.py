@@ -25,9 +25,9 @@ import warnings
 
 import torch
 
-from ..generation import GenerationConfig, generate
+from ..generation import generate
+from ..generation_config import GenerationConfig, pipeline_generation_config
 from .base import Pipeline, check_positive_int
-from .text_generation import pipeline_generation_config
 
 DEFAULT_BATCH = 16  # inputs generated together
 BEAM_ROW_TOKENS = 16384  # encoder tokens x beams per batch: bounds the cached cross-attention keys/values

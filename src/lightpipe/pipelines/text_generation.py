@@ -7,45 +7,17 @@ follow transformers 4.57.6: a prompt gives [{"generated_text": prompt + continua
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
-from pathlib import Path
 
 import torch
 
 from ..chat import validate_messages
-from ..generation import GenerationConfig, generate
+from ..generation import generate
+from ..generation_config import GenerationConfig, pipeline_generation_config
 from .base import Pipeline, check_positive_int
 
 DEFAULT_BATCH = 16  # prompts decoded together: weights are read once per step for all of them
-
-
-def pipeline_generation_config(folder, config: dict, task: str, pipeline_defaults: dict,
-                               pad_token_id: int | None) -> tuple[GenerationConfig, str | None]:
-    """The generation defaults a pipeline starts from, and the task's input prefix.
-
-    Precedence, lowest first, as transformers documents it: the pipeline's own defaults; the
-    checkpoint's generation_config.json (or config.json's generation fields); the checkpoint's
-    `task_specific_params[task]`. A length (`max_length`) set by a higher level replaces a
-    lower level's `max_new_tokens` rather than losing to it.
-    """
-    path = Path(folder) / "generation_config.json" if folder else None
-    saved = json.loads(path.read_text()) if path and path.is_file() else None
-    checkpoint = GenerationConfig.from_model(config, saved)
-    base = GenerationConfig()
-    defaults = {k: v for k, v in pipeline_defaults.items() if getattr(checkpoint, k) == getattr(base, k)}
-    if checkpoint.max_length not in (None, base.max_length) and "max_new_tokens" in defaults:
-        del defaults["max_new_tokens"]  # the checkpoint's own length wins over the pipeline's
-    generation = checkpoint.merge(**defaults) if defaults else checkpoint
-    task_params = dict((config.get("task_specific_params") or {}).get(task) or {})
-    prefix = task_params.pop("prefix", None)
-    known = {k: v for k, v in task_params.items() if hasattr(generation, k)}
-    if known:
-        generation = generation.merge(**known)
-    if generation.pad_token_id is None and pad_token_id is not None:
-        generation = generation.merge(pad_token_id=pad_token_id)
-    return generation, prefix
 
 
 class TextGenerationPipeline(Pipeline):
