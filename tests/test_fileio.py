@@ -11,7 +11,7 @@ import pytest
 from lightpipe import pipeline
 from lightpipe.cli import main
 from lightpipe.fileio import read_windows, run_file
-from lightpipe.rows import Columns, flatten_result, row_input
+from lightpipe.rows import Columns, MissingColumn, flatten_result, row_input
 from tiny import encoder_checkpoint, sentences
 
 import pyarrow as pa  # noqa: E402  (the files extra; `make test` installs it)
@@ -169,14 +169,19 @@ def test_flattening_rules():
 
 def test_row_inputs_for_pairs_and_questions():
     row = {"q": "Who?", "c": "Me.", "a": "x", "b": "y", "text": "t", "text_pair": "p"}
-    assert row_input(row, 1, "question-answering", Columns(question="q", context="c")) == {"question": "Who?", "context": "Me."}
-    assert row_input(row, 1, "text-classification", Columns("a", "b")) == {"text": "x", "text_pair": "y"}
-    assert row_input(row, 1, "text-classification", Columns()) == {"text": "t", "text_pair": "p"}
-    assert row_input(row, 1, "text-classification", Columns("a")) == "x"
-    with pytest.raises(ValueError, match="row 7: no column 'body'.*--column"):
-        row_input(row, 7, "text-classification", Columns("body"))
-    with pytest.raises(ValueError, match="row 2: column 'text' is empty"):
-        row_input({"text": None}, 2, "text-classification", Columns())
+    assert row_input(row, "question-answering", Columns(question="q", context="c")) == {"question": "Who?", "context": "Me."}
+    assert row_input(row, "text-classification", Columns("a", "b")) == {"text": "x", "text_pair": "y"}
+    assert row_input(row, "text-classification", Columns()) == {"text": "t", "text_pair": "p"}
+    assert row_input(row, "text-classification", Columns("a")) == "x"
+    with pytest.raises(MissingColumn, match="no column 'body'.*--column"):
+        row_input(row, "text-classification", Columns("body"))
+    with pytest.raises(ValueError, match="column 'text' is empty"):
+        row_input({"text": None}, "text-classification", Columns())
+    for blank in ("", " \t "):
+        with pytest.raises(ValueError, match="column 'text' is blank"):
+            row_input({"text": blank}, "text-classification", Columns())
+        with pytest.raises(ValueError, match="column 'question' is blank"):
+            row_input({"question": blank, "context": "c"}, "question-answering", Columns())
 
 
 # -- resume -----------------------------------------------------------------------------------
@@ -278,7 +283,8 @@ def test_cli_pair_column_and_errors(tmp_path, capsys, classifier, pipe):
                  "--column", "body", "--output", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == "lightpipe: error: row 1: no column 'body' (columns: a, b); pick one with --column"
+    assert err.strip().splitlines()[-1] == \
+        f"lightpipe: error: {source} row 1: no column 'body' (columns: a, b); pick one with --column"
 
 
 def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch, pipe):
@@ -303,3 +309,302 @@ def test_single_row_question_answering_file(tmp_path, capsys):
     assert len(rows) == 1
     expected = pipeline("question-answering", model=folder)(**item)
     assert rows[0]["answer"] == expected["answer"] and math.isclose(rows[0]["score"], expected["score"], abs_tol=1e-6)
+
+
+# -- every row in its place: blank lines, line endings, on_error ------------------------------
+
+class Failing:
+    """The real pipeline, except that an input holding "BOOM" raises, as an input the pipeline
+    refuses would: its whole window fails as a batch. Records the size of every call."""
+
+    def __init__(self, pipe):
+        self.pipe, self.task, self.calls = pipe, pipe.task, []
+
+    def __call__(self, inputs, **options):
+        self.calls.append(len(inputs))
+        for item in inputs:
+            text = item["text"] if isinstance(item, dict) else item
+            if "BOOM" in text:
+                raise ValueError(f"cannot run {text!r}")
+        return self.pipe(inputs, **options)
+
+
+# line 3 blank, line 6 whitespace only, line 9 fails in the pipeline, line 12 blank at a window's start
+LINES = [TEXTS[0], TEXTS[1], "", TEXTS[2], TEXTS[3], "  \t ", TEXTS[4], TEXTS[5], "BOOM goes this one",
+         TEXTS[6], TEXTS[7], "", TEXTS[8]]
+FAILED = {3: "ValueError: blank line", 6: "ValueError: blank line", 9: "ValueError: cannot run 'BOOM goes this one'",
+          12: "ValueError: blank line"}  # line number → the error recorded for it
+
+
+def test_blank_and_failing_lines_keep_their_place_in_every_output_format(tmp_path, pipe):
+    source = tmp_path / "in.txt"
+    source.write_text("".join(line + "\n" for line in LINES), encoding="utf-8")
+    ran = [line for n, line in enumerate(LINES, 1) if n not in FAILED]
+    want = dict(zip([n for n in range(1, len(LINES) + 1) if n not in FAILED], pipe(ran)))
+    for ext in ("jsonl", "csv", "parquet"):
+        out = tmp_path / f"out.{ext}"
+        failing = Failing(pipe)
+        assert run_file(failing, source, out, window=4, on_error="record", progress=False) == len(LINES)
+        if ext == "jsonl":  # text lines in, JSON lines out: each line the pipeline's result, or {"error": ...}
+            got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        else:
+            got = read_output(out)
+        assert len(got) == len(LINES), ext
+        for n, row in enumerate(got, 1):
+            if ext != "jsonl":
+                assert row["text"] == LINES[n - 1]  # output row N is input line N
+            if n in FAILED:
+                assert row["error"] == FAILED[n], (ext, n)
+                assert row.get("label") in (None, "") and row.get("score") in (None, ""), (ext, n)  # CSV: empty cells
+            else:
+                assert row.get("error") in (None, ""), (ext, n)
+                assert row["label"] == want[n]["label"], (ext, n)
+                assert math.isclose(float(row["score"]), want[n]["score"], abs_tol=1e-6), (ext, n)
+        if ext == "parquet":
+            schema = pq.read_schema(out)
+            assert schema.names == ["text", "label", "score", "error"]
+            assert schema.field("error").type == pa.string() and schema.field("error").nullable
+        if ext == "csv":
+            assert out.read_text(encoding="utf-8").splitlines()[0] == "text,label,score,error"
+    # the happy windows ran as one batch each; only the window with line 9 was re-run row by row
+    # (windows of 4 lines: 1-4, 5-8, 9-12 (fails, then 9, 10, 11 one at a time), 13; blank lines never run)
+    assert failing.calls == [3, 3, 3, 1, 1, 1, 1]
+
+
+def test_a_failing_row_is_named_by_its_line_or_row_in_the_whole_file(tmp_path, pipe):
+    text = tmp_path / "in.txt"
+    text.write_text("".join(line + "\n" for line in LINES), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"in\.txt line 3: blank line \(every line is a row"):
+        run_file(pipe, text, tmp_path / "out.jsonl", window=4, progress=False)
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 0  # the window with line 3 isn't written
+    no_blanks = tmp_path / "no_blanks.txt"
+    no_blanks.write_text("".join(line + "\n" for line in LINES if line.strip()), encoding="utf-8")
+    failing = Failing(pipe)
+    with pytest.raises(ValueError, match=r"no_blanks\.txt line 7: cannot run 'BOOM goes this one'$") as info:
+        run_file(failing, no_blanks, tmp_path / "out.jsonl", window=4, progress=False)
+    assert info.value.__cause__ is None
+    assert failing.calls == [4, 4, 1, 1, 1]  # the window with line 7 failed, then ran row by row up to it
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 4  # the windows before it are written
+
+    rows = [{"id": i, "text": t} for i, t in enumerate(TEXTS[:9])]
+    rows[6]["text"] = "BOOM"
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"in\.jsonl line 7: cannot run 'BOOM'"):
+        run_file(Failing(pipe), jsonl, tmp_path / "out.jsonl", window=4, progress=False)
+    csv_file = write_input(tmp_path / "in.csv", "csv", [r["text"] for r in rows])
+    with pytest.raises(ValueError, match=r"in\.csv row 7: cannot run 'BOOM'"):  # data rows: the header isn't one
+        run_file(Failing(pipe), csv_file, tmp_path / "out.csv", window=4, progress=False)
+    parquet = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet, row_group_size=3)
+    with pytest.raises(ValueError, match=r"in\.parquet row 7: cannot run 'BOOM'"):
+        run_file(Failing(pipe), parquet, tmp_path / "out.parquet", window=4, progress=False)
+
+    class Crashing(Failing):  # not an input error: the row's position, and the original error as the cause
+        def __call__(self, inputs, **options):
+            if any("BOOM" in t for t in inputs):
+                raise RuntimeError("device lost")
+            return self.pipe(inputs, **options)
+
+    with pytest.raises(RuntimeError, match=r"no_blanks\.txt line 7: device lost") as info:
+        run_file(Crashing(pipe), no_blanks, tmp_path / "out.jsonl", window=4, progress=False)
+    assert isinstance(info.value.__cause__, RuntimeError) and str(info.value.__cause__) == "device lost"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_null_blank_and_failing_cells_record_raise(tmp_path, pipe, fmt):
+    texts = TEXTS[:10]
+    rows = [{"id": i, "text": t} for i, t in enumerate(texts)]
+    rows[1]["text"], rows[4]["text"], rows[8]["text"] = None, "   ", "BOOM"
+    failed = {2: "ValueError: column 'text' is empty (null)", 5: "ValueError: column 'text' is blank",
+              9: "ValueError: cannot run 'BOOM'"}
+    if fmt == "csv":  # a CSV cell can't hold null: it is empty, so blank
+        failed[2] = "ValueError: column 'text' is blank"
+    source = tmp_path / f"in.{fmt}"
+    if fmt == "jsonl":
+        del rows[1]["text"]  # a missing key is a row's problem in JSON lines, whose rows vary
+        failed[2] = "MissingColumn: no column 'text' (columns: id); pick one with --column"
+        source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    elif fmt == "csv":
+        with open(source, "w", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, ["id", "text"]).writeheader()
+            csv.DictWriter(f, ["id", "text"]).writerows(rows)
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), source)
+    out = tmp_path / f"out.{fmt}"
+    with pytest.raises(ValueError, match=rf"in\.{fmt} (line|row) 2: "):
+        run_file(Failing(pipe), source, out, window=4, progress=False)
+    assert run_file(Failing(pipe), source, out, window=4, on_error="record", progress=False) == len(rows)
+    got = read_output(out)
+    want = pipe([t for n, t in enumerate(texts, 1) if n not in failed])
+    assert [str(r["id"]) for r in got] == [str(i) for i in range(len(rows))]
+    assert [r["error"] or None for r in got] == [failed.get(n) for n in range(1, len(rows) + 1)]
+    assert [r["label"] or None for r in got] == [None if n in failed else want.pop(0)["label"]
+                                                 for n in range(1, len(rows) + 1)]
+    if fmt == "parquet":
+        assert pq.read_schema(out).field("id").type == pa.int64()  # the input's types kept
+
+
+def test_a_missing_column_stops_the_run_either_way_where_every_row_lacks_it(tmp_path, pipe):
+    source = write_input(tmp_path / "in.csv", "csv", TEXTS[:5])
+    with pytest.raises(ValueError, match=r"in\.csv row 1: no column 'body'"):
+        run_file(pipe, source, tmp_path / "out.csv", columns=Columns("body"), on_error="record", progress=False)
+
+
+def test_the_first_windows_all_failed_then_results_columns_arrive(tmp_path, pipe):
+    """Result columns first seen after windows of failed rows: Parquet's schema and CSV's header
+    widen, the earlier rows getting nulls (empty cells); the error column stays last."""
+    lines = ["", " ", "", "", TEXTS[0], "", TEXTS[1], TEXTS[2]]
+    source = tmp_path / "in.txt"
+    source.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    want = pipe(TEXTS[:3])
+    for ext in ("parquet", "csv"):
+        out = tmp_path / f"out.{ext}"
+        run_file(pipe, source, out, window=2, on_error="record", progress=False)
+        got = read_output(out)
+        assert list(got[0]) == ["text", "label", "score", "error"], ext
+        assert [r["label"] or None for r in got] == [None] * 4 + [want[0]["label"], None, want[1]["label"], want[2]["label"]]
+        assert [r["error"] or None for r in got] == ["ValueError: blank line"] * 4 + [None, "ValueError: blank line", None, None]
+        if ext == "parquet":
+            schema = pq.read_schema(out)
+            assert schema.field("label").type == pa.string() and schema.field("score").type == pa.float64()
+
+
+@pytest.mark.parametrize("ext", ["csv", "parquet"])
+def test_resume_with_record_after_a_raise_adds_the_error_column(tmp_path, pipe, ext):
+    """The usual way to meet a bad row: the run stops on it; resuming with on_error="record"
+    writes the error column from there on, the rows before getting nulls."""
+    lines = TEXTS[:6] + [""] + TEXTS[6:9]
+    source = tmp_path / "in.txt"
+    source.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    out = tmp_path / f"out.{ext}"
+    with pytest.raises(ValueError, match="line 7: blank line"):
+        run_file(pipe, source, out, window=3, progress=False)
+    counting = Counting(pipe)
+    run_file(counting, source, out, window=3, resume=True, on_error="record", progress=False)
+    assert counting.items == 3  # lines 7-10: the blank line never runs
+    got = read_output(out)
+    assert [r["text"] for r in got] == lines
+    assert [r["error"] or None for r in got] == [None] * 6 + ["ValueError: blank line"] + [None] * 3
+    assert [r["label"] or None for r in got] == [w["label"] for w in pipe(TEXTS[:6])] + [None] + \
+        [w["label"] for w in pipe(TEXTS[6:9])]
+
+
+class Echo:
+    """A pipeline that returns its input, so an output row shows exactly which input it answers."""
+
+    task = "text-classification"
+
+    def __init__(self, crash_after=None):
+        self.crash_after, self.windows = crash_after, 0
+
+    def __call__(self, inputs, **options):
+        if self.crash_after is not None and self.windows == self.crash_after:
+            raise KeyboardInterrupt
+        self.windows += 1
+        return [{"label": t, "score": float(len(t))} for t in inputs]
+
+
+ROWS = ["first", "", "  ", "café ✓", 'she said "hi", then left', "x" * 30] * 4 + ["last"]
+ENDINGS = {"lf": "\n", "crlf": "\r\n", "cr": "\r"}
+
+
+def encoded_input(fmt: str, ending: str, bom: bool) -> bytes:
+    if fmt == "text":
+        text = "".join(row + ending for row in ROWS)
+    elif fmt == "jsonl":
+        text = "".join((json.dumps({"text": row}) if row.strip() else row) + ending for row in ROWS)
+    else:
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator=ending)
+        writer.writerow(["text", "n"])
+        writer.writerows([row, i] for i, row in enumerate(ROWS))
+        text = buf.getvalue()
+    return (b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8")
+
+
+@pytest.mark.parametrize("fmt", ["text", "jsonl", "csv"])
+@pytest.mark.parametrize("ending", ["lf", "crlf", "cr"])
+@pytest.mark.parametrize("bom", [False, True], ids=["", "bom"])
+def test_line_endings_and_bom_read_count_and_resume_alike(tmp_path, fmt, ending, bom):
+    from lightpipe.fileio import count_rows
+
+    source = tmp_path / f"in.{EXT[fmt]}"
+    source.write_bytes(encoded_input(fmt, ENDINGS[ending], bom))
+    reference = tmp_path / f"ref.{EXT[fmt]}"
+    reference.write_bytes(encoded_input(fmt, "\n", False))
+    assert count_rows(source, fmt) == count_rows(reference, fmt) == len(ROWS)
+    rows = [row for w in read_windows(source, fmt, window=5) for row in w.rows]
+    assert rows == [row for w in read_windows(reference, fmt, window=5) for row in w.rows]
+    # (a blank JSON lines line has no columns)
+    assert [r.get("text") for r in rows] == [r if r.strip() or fmt != "jsonl" else None for r in ROWS]
+    assert list(rows[0])[0] == "text"  # no "\ufeff" on the first column
+
+    out_ext = "csv" if fmt == "csv" else "jsonl"
+    full, want = tmp_path / f"full.{out_ext}", tmp_path / f"want.{out_ext}"
+    run_file(Echo(), source, full, window=5, on_error="record", progress=False)
+    run_file(Echo(), reference, want, window=5, on_error="record", progress=False)
+    assert full.read_bytes() == want.read_bytes()
+    # a kill in the middle: two windows written, then a torn third
+    partial = tmp_path / f"partial.{out_ext}"
+    with pytest.raises(KeyboardInterrupt):
+        run_file(Echo(crash_after=2), source, partial, window=5, on_error="record", progress=False)
+    written = partial.read_bytes()
+    assert written == want.read_bytes()[:len(written)] and written.count(b"\n") == 10 + (fmt == "csv")
+    partial.write_bytes(written + want.read_bytes()[len(written):len(written) + 9])  # part of row 11
+    echo = Echo()
+    run_file(echo, source, partial, window=5, resume=True, on_error="record", progress=False)
+    assert echo.windows == 3  # rows 11-25, blank rows never run
+    assert partial.read_bytes() == want.read_bytes()
+
+
+def test_stdin_with_a_bom_and_crlf(tmp_path, monkeypatch, capsys):
+    import io
+    import sys
+
+    data = b"\xef\xbb\xbf" + "".join(json.dumps({"text": r}) + "\r\n" if r.strip() else r + "\r\n" for r in ROWS).encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    run_file(Echo(), "-", None, window=4, on_error="record", progress=False)
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [g.get("label", g.get("error")) for g in got] == [r if r.strip() else "ValueError: blank line" for r in ROWS]
+
+
+def test_bad_arguments_fail_before_any_work(tmp_path, capsys):
+    source = write_input(tmp_path / "in.txt", "text", TEXTS[:3])
+    echo = Echo()
+    with pytest.raises(ValueError, match=r"output '.*out\.xlsx': unknown extension '\.xlsx'; --output takes \.txt"):
+        run_file(echo, source, tmp_path / "out.xlsx", progress=False)
+    for window in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=rf"window \(--window\) must be a positive number of rows, got {window!r}"):
+            run_file(echo, source, tmp_path / "out.jsonl", window=window, progress=False)
+    with pytest.raises(ValueError, match=r"on_error \(--on-error\) must be 'raise' or 'record', got 'skip'"):
+        run_file(echo, source, tmp_path / "out.jsonl", on_error="skip", progress=False)
+    assert echo.windows == 0 and not (tmp_path / "out.xlsx").exists() and not (tmp_path / "out.jsonl").exists()
+    # the command line checks them before loading the model (there is none to load here)
+    for flags, message in ((["--output", str(tmp_path / "out.xlsx")], "unknown extension '.xlsx'"),
+                           (["--window", "0"], "window (--window) must be a positive number of rows, got 0")):
+        code = main(["run", "text-classification", "--model", str(tmp_path / "no-such-model"), "--input", str(source),
+                     *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "no-such-model" not in err, err
+
+
+def test_cli_on_error_record(tmp_path, capsys, classifier, pipe):
+    source = tmp_path / "in.txt"
+    source.write_text("".join(line + "\n" for line in LINES[:8]), encoding="utf-8")
+    out = tmp_path / "out.csv"
+    code = main(["run", "text-classification", "--model", str(classifier), "--input", str(source),
+                 "--output", str(out), "--on-error", "record", "--window", "3"])
+    assert code == 0, capsys.readouterr().err
+    got = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert [g["text"] for g in got] == LINES[:8]
+    assert [g["error"] for g in got] == ["ValueError: blank line" if n in FAILED else "" for n in range(1, 9)]
+    want = iter(pipe([line for line in LINES[:8] if line.strip()]))
+    assert [g["label"] for g in got] == ["" if n in FAILED else next(want)["label"] for n in range(1, 9)]
+    capsys.readouterr()
+    code = main(["run", "text-classification", "--model", str(classifier), "--input", str(source),
+                 "--output", str(tmp_path / "raise.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"lightpipe: error: {source} line 3: blank line (every line is a row" in err

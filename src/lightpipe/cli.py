@@ -71,6 +71,11 @@ def cmd_run(args) -> None:
     from . import pipeline
 
     options = task_options(args)
+    window = args.window if args.window is not None else default_window(args.task)
+    if args.input:  # the file arguments fail now, not after the model has loaded
+        from .fileio import check_run
+
+        check_run(args.input, args.output, args.format, window, args.on_error)
     pipe = pipeline(args.task, model=args.model, revision=args.revision, device=args.device, dtype=args.dtype,
                     batch_size=args.batch_size, allow_pickle=args.allow_pickle)
     if args.input:
@@ -81,7 +86,7 @@ def cmd_run(args) -> None:
 
         columns = Columns(args.column, args.pair_column, args.question_column, args.context_column)
         run_file(pipe, args.input, args.output, options=options, fmt=args.format, columns=columns,
-                 window=args.window or default_window(args.task), resume=args.resume, task=args.task)
+                 window=window, resume=args.resume, task=args.task, on_error=args.on_error)
         return
     if args.task == "text-generation" and len(args.texts or []) == 1 and not (args.json or args.output):
         # one prompt on a terminal: show the text as it is generated
@@ -167,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--question-column", help="question-answering: --input column of questions (default: question)")
     run.add_argument("--context-column", help="question-answering: --input column of contexts (default: context)")
     run.add_argument("--resume", action="store_true", help="skip the rows already in --output (after an interruption)")
+    run.add_argument("--on-error", choices=["raise", "record"], default="raise",
+                     help="--input rows that fail: raise (stop, naming the line or row) or record (write the error "
+                          "in an 'error' column and go on)")
     run.add_argument("--window", type=int,
                      help="rows read, run and written at a time (default: 512; 32 for generation tasks)")
     run.add_argument("--top-k", type=int)

@@ -5,7 +5,11 @@ windows so memory stays flat however large the file, with `resume` after an inte
 
 Each input row becomes one pipeline input (a column's text, a text pair, a question/context
 pair); each result is flattened into columns (`rows.flatten_result`) and appended to the row, and the
-output is written in its extension's format, rows in input order.
+output is written in its extension's format, rows in input order: output row N answers input row N,
+always. Every line of a text or JSON lines file is a row, a blank one too; a row that can't be run
+(a blank line, a null or blank text, a line that isn't JSON) or whose run fails either stops the
+run with an error naming its line or row (`on_error="raise"`) or gets its error in an `error`
+column (`on_error="record"`). UTF-8 with or without a BOM; lines end in \n, \r\n or \r.
 
 Crash safety, so `resume=True` computes nothing twice and loses nothing:
 - text / JSON lines / CSV: each window is written in one write, flushed and fsynced; on resume
@@ -21,6 +25,7 @@ pyarrow is only needed for Parquet (`pip install 'lightpipe[files]'`).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -29,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .rows import Columns, base_task, canonical_task, flatten_result, row_input
+from .rows import ERROR, Columns, RowProblem, base_task, canonical_task, check_on_error, record_columns, run_batch
 
 WINDOW = 512  # rows per window: the same as pipelines.base.WINDOW_ITEMS
 FORMATS = ("text", "jsonl", "csv", "tsv", "parquet")
@@ -61,7 +66,7 @@ def detect_format(path, fmt: str | None = None) -> str:
         return known
     if str(path) == "-":
         return "jsonl?"  # sniffed line by line: stdin can't be read twice
-    with open(path, encoding="utf-8") as f:
+    with _open(path, "text") as f:
         for line in f:
             if line.strip():
                 return "jsonl" if _is_json_line(line) else "text"
@@ -79,8 +84,31 @@ def _is_json_line(line: str) -> bool:
 
 
 def output_format(path, input_fmt: str) -> str:
-    """The output file's format: its extension's, else the input's."""
-    return EXTENSIONS.get(Path(str(path)).suffix.lower()) or input_fmt.rstrip("?")
+    """The output file's format: its extension's; the input's when it has no extension."""
+    suffix = Path(str(path)).suffix.lower()
+    if not suffix:
+        return input_fmt.rstrip("?")
+    if suffix not in EXTENSIONS:
+        raise ValueError(f"output {str(path)!r}: unknown extension {suffix!r}; --output takes "
+                         f"{', '.join(EXTENSIONS)} (or no extension: the input's format)")
+    return EXTENSIONS[suffix]
+
+
+def check_run(input, output=None, fmt: str | None = None, window: int = WINDOW, on_error: str = "raise"):
+    """What `run_file` checks before any work (the CLI calls it before loading the model too):
+    → (the input's format, the output's format or None for stdout)."""
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"window (--window) must be a positive number of rows, got {window!r}")
+    check_on_error(on_error)
+    if str(input) != "-" and not Path(input).is_file():
+        raise FileNotFoundError(f"input file not found: {input}")
+    in_fmt = detect_format(input, fmt)
+    out_fmt = output_format(output, in_fmt) if output not in (None, "-") else None
+    if out_fmt == "parquet" or in_fmt == "parquet":
+        need_pyarrow()
+    if output not in (None, "-") and str(input) != "-" and Path(output).resolve() == Path(input).resolve():
+        raise ValueError("--output must differ from --input: the input is read while the output is written")
+    return in_fmt, out_fmt
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -92,17 +120,45 @@ class Window:
     batch: object = None  # the pyarrow.RecordBatch the rows came from (Parquet input), kept for its types
 
 
+BLANK = "blank line"
+BLANK_HINT = "every line is a row: remove it, or run with --on-error record to give it an error row"
+
+
+class _open:
+    """The input as text, read the same way for its rows and for counting them (so --resume skips
+    exactly the rows it has): UTF-8 with or without a BOM; for text and JSON lines \n, \r\n and \r
+    all end a line; CSV gets its line ends untranslated, as its reader wants them."""
+
+    def __init__(self, path, fmt: str):
+        newline = "" if fmt in ("csv", "tsv") else None
+        self.stdin = str(path) == "-"
+        if not self.stdin:
+            self.f = open(path, encoding="utf-8-sig", newline=newline)
+        elif hasattr(sys.stdin, "buffer"):
+            self.f = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline=newline)
+        else:  # stdin replaced by a text stream (tests, notebooks)
+            self.f = sys.stdin
+
+    def __enter__(self):
+        return self.f
+
+    def __exit__(self, *exc):
+        if not self.stdin:
+            self.f.close()
+        elif self.f is not sys.stdin:
+            self.f.detach()  # leave sys.stdin's buffer open
+
+
 def count_rows(path, fmt: str) -> int | None:
-    """Rows in the input (for the progress bar's total and ETA); None for stdin."""
+    """Rows in the input (for the progress bar and the --resume check); None for stdin."""
     if str(path) == "-":
         return None
     if fmt == "parquet":
         return need_pyarrow()[1].read_metadata(path).num_rows
-    if fmt in ("csv", "tsv"):
-        with open(path, encoding="utf-8", newline="") as f:
+    with _open(path, fmt) as f:
+        if fmt in ("csv", "tsv"):
             return max(0, sum(1 for _ in csv.reader(f, delimiter=_delimiter(fmt))) - 1)
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
+        return sum(1 for _ in f)
 
 
 def _delimiter(fmt: str) -> str:
@@ -111,7 +167,8 @@ def _delimiter(fmt: str) -> str:
 
 def read_windows(path, fmt: str, window: int = WINDOW, skip: int = 0, column: str = "text") -> Iterator[Window]:
     """The input's rows as dicts, `window` at a time, starting after the first `skip` rows.
-    Text lines become {column: line}; blank lines are not rows."""
+    Text lines become {column: line}. Every line is a row: a blank line, or a JSON lines line that
+    isn't a JSON object, is a `RowProblem`."""
     if fmt == "parquet":
         yield from _parquet_windows(path, window, skip)
         return
@@ -130,31 +187,44 @@ def read_windows(path, fmt: str, window: int = WINDOW, skip: int = 0, column: st
 
 
 def _iter_rows(path, fmt: str, column: str) -> Iterator[dict]:
-    f = sys.stdin if str(path) == "-" else open(path, encoding="utf-8", newline="" if fmt in ("csv", "tsv") else None)
-    try:
+    with _open(path, fmt) as f:
         if fmt in ("csv", "tsv"):
-            yield from csv.DictReader(f, delimiter=_delimiter(fmt))
+            yield from _csv_rows(f, fmt)
             return
-        for number, line in enumerate(f, 1):
+        for line in f:
             line = line.rstrip("\r\n")
             if not line.strip():
-                continue
-            if fmt == "text" or (fmt == "jsonl?" and not _is_json_line(line)):
+                yield RowProblem({column: line} if fmt == "text" else {}, BLANK, BLANK_HINT)
+            elif fmt == "text" or (fmt == "jsonl?" and not _is_json_line(line)):
                 yield {column: line}
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {number} is not JSON ({e.msg}); for plain text lines use a .txt file "
-                                 f"or --format text") from None
-            if isinstance(value, str):
-                value = {column: value}
-            if not isinstance(value, dict):
-                raise ValueError(f"{path} line {number}: expected a JSON object or string, got {type(value).__name__}")
-            yield value
-    finally:
-        if f is not sys.stdin:
-            f.close()
+            else:
+                yield _json_row(line, column)
+
+
+def _json_row(line: str, column: str) -> dict:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        return RowProblem({}, f"not JSON ({e.msg}); for plain text lines use a .txt file or --format text")
+    if isinstance(value, str):
+        return {column: value}
+    if not isinstance(value, dict):
+        return RowProblem({}, f"expected a JSON object or string, got {type(value).__name__}")
+    return value
+
+
+def _csv_rows(f, fmt: str) -> Iterator[dict]:
+    """csv.DictReader's rows, but a blank line is a row too (of empty cells: DictReader skips it,
+    which would shift every later row) and a row with more cells than the header is a problem."""
+    reader = csv.reader(f, delimiter=_delimiter(fmt))
+    header = next(reader, None)
+    if header is None:
+        return
+    for record in reader:
+        if len(record) > len(header):
+            yield RowProblem(dict(zip(header, record)), f"{len(record)} cells, but the header has {len(header)}")
+        else:  # missing cells are null, as in csv.DictReader
+            yield {**dict.fromkeys(header, "" if not record else None), **dict(zip(header, record))}
 
 
 def _parquet_windows(path, window: int, skip: int) -> Iterator[Window]:
@@ -240,6 +310,18 @@ def _truncate_to_last_newline(path: Path) -> int:
     return lines
 
 
+def _column_order(rows: list[dict], flat: list[dict]) -> list:
+    """A window's columns: the input's, then the results', then the error column."""
+    added = dict.fromkeys(k for f in flat for k in f)
+    return _widen([k for k in dict.fromkeys(k for r in rows for k in r) if k not in added], list(added))
+
+
+def _widen(names: list, extra: list) -> list:
+    """`names` with `extra` added, the error column kept last."""
+    names = list(dict.fromkeys([*names, *extra]))
+    return [n for n in names if n != ERROR] + ([ERROR] if ERROR in names else [])
+
+
 class _CsvOut:
     def __init__(self, path, fmt: str, resume: bool):
         self.path, self.delimiter = Path(path), _delimiter(fmt)
@@ -252,18 +334,39 @@ class _CsvOut:
         rows = [_merge(row, f) for row, f in zip(window.rows, flat)]
         header_line = ""
         if self.header is None:
-            self.header = list(dict.fromkeys(k for r in rows for k in r))
+            self.header = _column_order(window.rows, flat)
             header_line = self._line(self.header)
-        extra = {k for r in rows for k in r} - set(self.header)
+        extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in self.header]
         if extra:
-            raise ValueError(f"rows from {window.first + 1} have columns {sorted(extra)} that the CSV header "
-                             f"{self.header} lacks; write JSON lines (.jsonl) for rows whose columns vary")
+            added = {k for f in flat for k in f}
+            if not set(extra) <= added:
+                raise ValueError(f"rows from {window.first + 1} have columns {sorted(set(extra) - added)} that the CSV "
+                                 f"header {self.header} lacks; write JSON lines (.jsonl) for rows whose columns vary")
+            self._rewrite_header(_widen(self.header, extra))
         body = "".join(self._line([self._cell(r.get(k)) for k in self.header]) for r in rows)
         _write_durably(self.f, header_line + body)
 
-    def _line(self, cells: list) -> str:
-        import io
+    def _rewrite_header(self, header: list) -> None:
+        """Result (or error) columns the rows so far lacked — every earlier row failed, or a run
+        without on_error="record" is resumed with it: rewrite the file with the wider header, the
+        earlier rows getting empty cells (atomically: a kill leaves the old file or the new)."""
+        self.f.close()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(self.path, encoding="utf-8", newline="") as src, open(tmp, "w", encoding="utf-8", newline="") as dst:
+            reader = csv.reader(src, delimiter=self.delimiter)
+            old = next(reader)
+            writer = csv.writer(dst, delimiter=self.delimiter, lineterminator="\n")
+            writer.writerow(header)
+            for record in reader:
+                cells = dict(zip(old, record))
+                writer.writerow([cells.get(k, "") for k in header])
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, self.path)
+        self.header = header
+        self.f = open(self.path, "a", encoding="utf-8", newline="")
 
+    def _line(self, cells: list) -> str:
         buf = io.StringIO()
         csv.writer(buf, delimiter=self.delimiter, lineterminator="\n").writerow(cells)
         return buf.getvalue()
@@ -344,16 +447,23 @@ class _ParquetOut:
                     for later in self._part_files()[self.count:]:
                         later.unlink()
                     break
-                self.schema = self.schema or meta.schema.to_arrow_schema()
+                self.schema = self._union(meta.schema.to_arrow_schema())
                 self.done += meta.num_rows
                 self.count += 1
 
     def _part_files(self) -> list[Path]:
         return sorted(self.parts.glob("part-*.parquet"))
 
+    def _union(self, schema):
+        """The file's schema widened by a part's columns it lacks (added result or error columns)."""
+        if self.schema is None:
+            return schema
+        fields = {f.name: f for f in [*schema, *self.schema]}  # a column's first type wins
+        return self.pa.schema([fields[n] for n in _widen(self.schema.names, schema.names)])
+
     def write(self, window: Window, results: list, flat: list[dict]) -> None:
         pa = self.pa
-        columns = {name: [f.get(name) for f in flat] for name in dict.fromkeys(k for f in flat for k in f)}
+        columns = {name: [f.get(name) for f in flat] for name in _widen([], list(dict.fromkeys(k for f in flat for k in f)))}
         if window.batch is not None:
             table = pa.Table.from_batches([window.batch])
             table = table.drop_columns([c for c in columns if c in table.column_names])
@@ -364,7 +474,7 @@ class _ParquetOut:
             table = table.append_column(name, self._array(values, name, True))
         if self.schema is None:
             self.schema = table.schema
-        table = self._conform(table, window)
+        table = self._conform(table, window, set(columns))
         self.parts.mkdir(parents=True, exist_ok=True)
         final = self.parts / f"part-{self.count:06d}.parquet"
         tmp = final.with_name(final.name + ".tmp")
@@ -416,14 +526,17 @@ class _ParquetOut:
             return i64
         return s
 
-    def _conform(self, table, window: Window):
-        """Cast a window to the file's schema (fixed by the first window)."""
+    def _conform(self, table, window: Window, added: set):
+        """Cast a window to the file's schema (fixed by the first window; result and error columns
+        may still be added: the parts before get them as nulls when merged)."""
         if table.schema.equals(self.schema):
             return table
         extra = set(table.column_names) - set(self.schema.names)
-        if extra:
-            raise ValueError(f"rows from {window.first + 1} have columns {sorted(extra)} that the first window "
+        if extra - added:
+            raise ValueError(f"rows from {window.first + 1} have columns {sorted(extra - added)} that the first window "
                              f"lacked; write JSON lines (.jsonl) for rows whose columns vary")
+        if extra:
+            self.schema = self._union(table.schema)
         pa = self.pa
         arrays = []
         for field in self.schema:
@@ -501,7 +614,8 @@ class _StdoutOut:
 
 def open_output(path, fmt: str, resume: bool, task: str, options: dict, input_fmt: str = "jsonl"):
     """A writer for `fmt`. Text lines in and text or JSON lines out: each line is the pipeline's
-    result as it returns it (a text line has no columns to keep), so the output is `pipe(texts)`."""
+    result as it returns it (a text line has no columns to keep), so the output is `pipe(texts)`;
+    a row that failed with on_error="record" is {"error": message} there."""
     if path is None or str(path) == "-":
         if resume:
             raise ValueError("--resume needs --output FILE: it counts the rows already written there")
@@ -517,23 +631,17 @@ def open_output(path, fmt: str, resume: bool, task: str, options: dict, input_fm
 
 def run_file(pipe, input, output=None, *, options: dict | None = None, fmt: str | None = None,
              columns: Columns | None = None, window: int = WINDOW, resume: bool = False,
-             progress: bool = True, task: str | None = None) -> int:
+             progress: bool = True, task: str | None = None, on_error: str = "raise") -> int:
     """Run `pipe` over every row of `input` and write the rows with result columns to `output`
     (None: JSON results on stdout), `window` rows at a time. With `resume`, rows already in
-    `output` are skipped. Returns the number of rows in the output."""
+    `output` are skipped. A row that fails: `on_error="raise"` stops with an error naming its line
+    (text, JSON lines) or row (CSV, Parquet; the header not counted), 1-based; "record" writes its
+    error in an `error` column (null for rows that succeeded; their result columns null) and goes
+    on. Returns the number of rows in the output."""
     options = dict(options or {})
     columns = columns or Columns()
     task = getattr(pipe, "task", None) or canonical_task(task or "")
-    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-        raise ValueError(f"window must be a positive integer, got {window!r}")
-    if str(input) != "-" and not Path(input).is_file():
-        raise FileNotFoundError(f"input file not found: {input}")
-    in_fmt = detect_format(input, fmt)
-    out_fmt = output_format(output, in_fmt) if output not in (None, "-") else None
-    if out_fmt == "parquet" or in_fmt == "parquet":
-        need_pyarrow()
-    if output not in (None, "-") and str(input) != "-" and Path(output).resolve() == Path(input).resolve():
-        raise ValueError("--output must differ from --input: the input is read while the output is written")
+    in_fmt, out_fmt = check_run(input, output, fmt, window, on_error)
     total = count_rows(input, in_fmt.rstrip("?")) if in_fmt != "jsonl?" else None
     out = open_output(output, out_fmt, resume, task, options, in_fmt)
     done = out.done
@@ -541,17 +649,13 @@ def run_file(pipe, input, output=None, *, options: dict | None = None, fmt: str 
         out.abort()
         raise ValueError(f"{output} already has {done} rows but {input} has {total}; "
                          "is it the output of another input? (drop --resume to start over)")
+    where = _position(input, in_fmt)
+    known = {}  # the result columns seen so far: a failed row gets them as nulls
     bar = _progress(total, done, task) if progress else None
     try:
         for win in read_windows(input, in_fmt, window, skip=done, column=columns.text or "text"):
-            inputs = [row_input(row, win.first + i + 1, task, columns) for i, row in enumerate(win.rows)]
-            try:
-                results = pipe(inputs, **options)
-                if isinstance(results, dict):  # question-answering answers a list of one with a dict
-                    results = [results]
-            except (ValueError, TypeError) as e:  # say where in the file the bad row is
-                raise type(e)(f"{input} rows {win.first + 1}-{win.first + len(inputs)}: {e}") from None
-            out.write(win, results, [flatten_result(task, r) for r in results])
+            results, flat = _run_window(pipe, task, win, options, columns, on_error, where, in_fmt, known)
+            out.write(win, results, flat)
             done += len(results)
             if bar is not None:
                 bar.update(len(results))
@@ -565,6 +669,26 @@ def run_file(pipe, input, output=None, *, options: dict | None = None, fmt: str 
             bar.close()
     out.close()
     return done
+
+
+def _run_window(pipe, task, win: Window, options: dict, columns: Columns, on_error: str, where, in_fmt: str,
+                known: dict) -> tuple[list, list[dict]]:
+    """A window's results (as the pipeline returns them) and result columns, one per row; with
+    on_error="record" a failed row's result is {"error": message} and its columns nulls + error."""
+    results, errors = run_batch(pipe, task, win.rows, columns, options, on_error, lambda i: where(win.first + i + 1),
+                                missing_is_fatal=in_fmt not in ("jsonl", "jsonl?"))  # JSON lines rows vary
+    flat = record_columns(task, results, errors, known, on_error == "record")
+    if on_error == "record":
+        results = [r if err is None else {ERROR: err} for r, err in zip(results, errors)]
+    return results, flat
+
+
+def _position(input, fmt: str):
+    """Row number (1-based) → where it is in the input: "FILE line N" for text and JSON lines,
+    whose every line is a row; "FILE row N" for CSV (the header not counted) and Parquet."""
+    name = "stdin" if str(input) == "-" else str(input)
+    unit = "row" if fmt in ("csv", "tsv", "parquet") else "line"
+    return lambda number: f"{name} {unit} {number}"
 
 
 def _progress(total, initial, desc):
