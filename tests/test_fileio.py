@@ -307,8 +307,14 @@ def test_single_row_question_answering_file(tmp_path, capsys):
     assert main(["run", "question-answering", "--model", str(folder), "--input", str(source), "--output", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 1
-    expected = pipeline("question-answering", model=folder)(**item)
+    qa = pipeline("question-answering", model=folder)
+    expected = qa(**item)
     assert rows[0]["answer"] == expected["answer"] and math.isclose(rows[0]["score"], expected["score"], abs_tol=1e-6)
+    # with top_k the one question is answered with a list: one row's answers, not two rows
+    assert main(["run", "question-answering", "--model", str(folder), "--input", str(source), "--output", str(out),
+                 "--top-k", "2"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 1 and [a["answer"] for a in rows[0]["answers"]] == [a["answer"] for a in qa(**item, top_k=2)]
 
 
 # -- every row in its place: blank lines, line endings, on_error ------------------------------
