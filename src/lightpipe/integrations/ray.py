@@ -8,7 +8,7 @@
                             concurrency=4, batch_size=256)
 
 Ray starts `concurrency` actors; each loads the pipeline once and is handed batches. Results
-come back as columns added to the batch, flattened as for files (`lightpipe.fileio.flatten_result`):
+come back as columns added to the batch, flattened as for files (`lightpipe.rows.flatten_result`):
 `label`, `score`; `labels`/`scores` lists; `entities`, `predictions` lists of structs; and pooled
 embeddings as a (N, D) float32 array, which Ray stores as a fixed-shape tensor column.
 
