@@ -190,7 +190,7 @@ def test_an_empty_model_name_is_an_error_not_the_current_directory(classifier, m
 # -- corrupt files name themselves -----------------------------------------------------------
 
 CORRUPTIONS = {
-    "truncated": ('{"model_type": "distilbert", "dim": 3', r"is not valid JSON \(.* at line 1 column \d+\)"),
+    "truncated": ('{"model_type": "distilbert", "dim": 3', r"is not valid JSON \(.*: line 1 column \d+\)"),
     "empty": ("", "is empty"),
     "not an object": ("[1, 2, 3]", "must hold a JSON object, got an array"),
     "not UTF-8": (b'{"a": "\xff\xfe"}', "is not UTF-8 text"),

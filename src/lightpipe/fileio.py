@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import json_out
 from .rows import Columns, base_task, canonical_task, flatten_result, row_input
 
 WINDOW = 512  # rows per window: the same as pipelines.base.WINDOW_ITEMS
@@ -209,9 +210,9 @@ class _LinesOut:
 
     def write(self, window: Window, results: list, flat: list[dict]) -> None:
         if self.raw:
-            lines = [json.dumps(r, ensure_ascii=False, default=_jsonable) for r in results]
+            lines = [json_out.dumps(r, default=_jsonable) for r in results]
         else:
-            lines = [json.dumps(_merge(row, f), ensure_ascii=False, default=_jsonable) for row, f in zip(window.rows, flat)]
+            lines = [json_out.dumps(_merge(row, f), default=_jsonable) for row, f in zip(window.rows, flat)]
         _write_durably(self.f, ("\n".join(lines) + "\n").encode("utf-8"))
 
     def close(self) -> None:
@@ -274,7 +275,7 @@ class _CsvOut:
         if value is None:
             return ""
         if isinstance(value, (list, dict, bool)):
-            return json.dumps(value, ensure_ascii=False)
+            return json_out.dumps(value)
         return value
 
     def close(self) -> None:
@@ -490,7 +491,7 @@ class _StdoutOut:
     done = 0
 
     def write(self, window: Window, results: list, flat: list[dict]) -> None:
-        sys.stdout.write("".join(json.dumps(r, ensure_ascii=False, default=_jsonable) + "\n" for r in results))
+        sys.stdout.write("".join(json_out.dumps(r, default=_jsonable) + "\n" for r in results))
         sys.stdout.flush()
 
     def close(self) -> None:

@@ -37,7 +37,7 @@ def read_json(path, missing=FileNotFoundError) -> dict:
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text (byte {e.start}); expected a JSON object") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+        raise ValueError(f"{path} is not valid JSON ({e.msg}: line {e.lineno} column {e.colno}); "
                          "the file is corrupt or truncated") from None
     if not isinstance(value, dict):
         raise ValueError(f"{path} must hold a JSON object, got {_json_type(value)}")
