@@ -89,7 +89,8 @@ def refuse_pickles(names: list[str], allow_pickle: bool, where, source=None) -> 
     pickled = [n for n in names if not n.endswith(SAFE_SUFFIX)]
     if not pickled or allow_pickle:
         return
-    how = (f"{source} names non-safetensors shards ({', '.join(pickled[:3])})" if source is not None
+    listed = ", ".join(pickled[:3]) + (f", ... ({len(pickled)} in all)" if len(pickled) > 3 else "")
+    how = (f"{source} names non-safetensors shards ({listed})" if source is not None
            else f"{where} has only pickled weights ({pickled[0]})")
     raise ValueError(
         f"{how}; pickle can run code when loaded, so lightpipe refuses it by default. Pass "
