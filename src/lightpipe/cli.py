@@ -1,11 +1,17 @@
 """`lightpipe run | download | tasks | models | serve` — JSON on stdout, progress on stderr,
-errors as one clear line and a non-zero exit."""
+errors as one clear line and a non-zero exit (LIGHTPIPE_DEBUG=1 shows the traceback instead)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+DEBUG_ENV = "LIGHTPIPE_DEBUG"
+# exit statuses: a usage or input error (argparse's own), a failure nobody foresaw, and the
+# reader of stdout gone (what a shell reports for a tool killed by SIGPIPE: 128 + 13)
+EXIT_USAGE, EXIT_UNEXPECTED, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED = 2, 1, 141, 130
 
 
 def parse_value(text: str):
@@ -98,7 +104,9 @@ def cmd_run(args) -> None:
         return
     inputs = cli_inputs(args)
     results = pipe(inputs if len(inputs) > 1 else inputs[0], **options)
-    text = json.dumps(results, indent=2, ensure_ascii=False)
+    from .json_out import dumps
+
+    text = dumps(results, indent=2)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text + "\n")
@@ -149,8 +157,15 @@ def cmd_serve(args) -> None:
           allow_load=args.allow_load, device=args.device)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage error on one line: the full usage is one `--help` away."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lightpipe", description="The Hugging Face course's pipelines, lean and fast.")
+    parser = Parser(prog="lightpipe", description="The Hugging Face course's pipelines, lean and fast.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a task on texts or a file")
@@ -246,12 +261,36 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)  # usage / --help
     try:
         args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not in Python's flush at exit
     except KeyboardInterrupt:
-        return 130
-    except (ValueError, TypeError, FileNotFoundError, ImportError, OSError) as e:
-        print(f"lightpipe: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # before OSError: `lightpipe run ... | head -1` is no error
+        return _stdout_gone()
+    except Exception as e:
+        if (os.environ.get(DEBUG_ENV) or "").strip().lower() in {"1", "true", "yes", "on"}:
+            raise
+        # the errors lightpipe raises on purpose (bad input, missing model or file) say what to do;
+        # anything else is a bug or an environment problem: name its type and how to see more
+        expected = isinstance(e, (ValueError, TypeError, OSError, ImportError))
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        if not expected:
+            message = f"unexpected {type(e).__name__}" + (f": {message}" if message else "") + \
+                f" (set {DEBUG_ENV}=1 to see the traceback)"
+        print(f"lightpipe: error: {message or type(e).__name__}", file=sys.stderr)
+        return EXIT_USAGE if expected else EXIT_UNEXPECTED
     return 0
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout has gone: stop quietly, as Unix tools do. stdout now points at
+    /dev/null so that Python's flush at exit doesn't fail a second time (Python docs, "Note
+    on SIGPIPE")."""
+    if sys.stdout is sys.__stdout__:  # not when a caller (a test) has replaced stdout
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

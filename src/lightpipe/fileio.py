@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import json_out
 from .rows import ERROR, Columns, RowProblem, base_task, canonical_task, check_on_error, record_columns, run_batch
 
 WINDOW = 512  # rows per window: the same as pipelines.base.WINDOW_ITEMS
@@ -279,9 +280,9 @@ class _LinesOut:
 
     def write(self, window: Window, results: list, flat: list[dict]) -> None:
         if self.raw:
-            lines = [json.dumps(r, ensure_ascii=False, default=_jsonable) for r in results]
+            lines = [json_out.dumps(r, default=_jsonable) for r in results]
         else:
-            lines = [json.dumps(_merge(row, f), ensure_ascii=False, default=_jsonable) for row, f in zip(window.rows, flat)]
+            lines = [json_out.dumps(_merge(row, f), default=_jsonable) for row, f in zip(window.rows, flat)]
         _write_durably(self.f, ("\n".join(lines) + "\n").encode("utf-8"))
 
     def close(self) -> None:
@@ -377,7 +378,7 @@ class _CsvOut:
         if value is None:
             return ""
         if isinstance(value, (list, dict, bool)):
-            return json.dumps(value, ensure_ascii=False)
+            return json_out.dumps(value)
         return value
 
     def close(self) -> None:
@@ -603,7 +604,7 @@ class _StdoutOut:
     done = 0
 
     def write(self, window: Window, results: list, flat: list[dict]) -> None:
-        sys.stdout.write("".join(json.dumps(r, ensure_ascii=False, default=_jsonable) + "\n" for r in results))
+        sys.stdout.write("".join(json_out.dumps(r, default=_jsonable) + "\n" for r in results))
         sys.stdout.flush()
 
     def close(self) -> None:

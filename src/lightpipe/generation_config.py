@@ -4,9 +4,10 @@ How to generate is `generation.py`."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+
+from .repo_files import read_json
 
 DEFAULT_MAX_LENGTH = 20  # transformers' GenerationConfig().max_length
 
@@ -138,8 +139,7 @@ def pipeline_generation_config(folder, config: dict, task: str, pipeline_default
     `task_specific_params[task]`. A length (`max_length`) set by a higher level replaces a
     lower level's `max_new_tokens` rather than losing to it.
     """
-    path = Path(folder) / "generation_config.json" if folder else None
-    saved = json.loads(path.read_text()) if path and path.is_file() else None
+    saved = read_json(Path(folder) / "generation_config.json", missing=None) if folder else None
     checkpoint = GenerationConfig.from_model(config, saved)
     base = GenerationConfig()
     defaults = {k: v for k, v in pipeline_defaults.items() if getattr(checkpoint, k) == getattr(base, k)}

