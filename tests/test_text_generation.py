@@ -1,5 +1,7 @@
 """text-generation pipeline against transformers 4.57.6's, live, on tiny random GPT-2, Llama,
-Mistral and Qwen2 checkpoints: greedy, beams, batches, chat templates, lengths, streaming."""
+Mistral and Qwen2 checkpoints whose tokenizers follow the real ones' conventions (Llama 3's and
+Mistral's add BOS in their post-processor, GPT-2's and Qwen2's add nothing): greedy, beams,
+batches, prefixes, chat templates, lengths, streaming."""
 
 import pytest
 import torch
@@ -7,7 +9,7 @@ import transformers
 
 from compare import assert_same
 from lightpipe import pipeline
-from tiny import bpe_tokenizer, save_checkpoint
+from tiny import bpe_tokenizer, causal_lm_checkpoint, llama2_tokenizer, llama3_tokenizer, qwen2_tokenizer
 
 PROMPTS = ["The assert statement", "Python lists are mutable sequences, typically used to store",
            "A class", "Ünïcödé café — naïve"]
@@ -16,31 +18,33 @@ CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Explain attention in one sentence."}]
 
 
-def decoder_checkpoint(folder, model_type, chat_template=None, **overrides):
+def gpt2_tokenizer(folder, chat_template=None):
+    """GPT-2's: byte-level BPE, no BOS added; with a chat template, ChatML's tokens added."""
     tokenizer = bpe_tokenizer(folder, "gpt2")
     if chat_template:
         tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
         tokenizer.chat_template = chat_template
-    vocab = len(tokenizer)
-    eos = tokenizer.eos_token_id
-    if model_type == "gpt2":
-        config = transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128,
-                                         bos_token_id=eos, eos_token_id=eos, **overrides)
-    else:
-        config = transformers.AutoConfig.for_model(
-            model_type, vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=eos,
-            eos_token_id=eos, tie_word_embeddings=model_type == "qwen2", **overrides)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():  # sharper logits: greedy paths without near-ties
-        model.lm_head.weight.mul_(8) if not config.tie_word_embeddings else None
-    return save_checkpoint(folder, model.eval(), tokenizer)
+    return tokenizer
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama", "mistral", "qwen2"])
+def decoder_checkpoint(folder, model_type, chat_template=None, **overrides):
+    """A tiny GPT-2 tokenizer paired with a `model_type` decoder."""
+    return causal_lm_checkpoint(folder, model_type, gpt2_tokenizer(folder, chat_template), **overrides)
+
+
+# model type → a tokenizer shaped like that family's real ones (BOS: llama, mistral)
+TOKENIZERS = {
+    "gpt2": lambda folder: gpt2_tokenizer(folder, CHATML),
+    "llama": llama3_tokenizer,   # byte-level BPE, <|begin_of_text|> $A, Llama 3's template
+    "mistral": llama2_tokenizer,  # sentencepiece BPE, <s> $A, Mistral-Instruct's template
+    "qwen2": qwen2_tokenizer,     # byte-level BPE, nothing added, ChatML
+}
+
+
+@pytest.fixture(scope="module", params=list(TOKENIZERS))
 def folder(request, tmp_path_factory):
-    return decoder_checkpoint(tmp_path_factory.mktemp(request.param), request.param, chat_template=CHATML)
+    path = tmp_path_factory.mktemp(request.param)
+    return causal_lm_checkpoint(path, request.param, TOKENIZERS[request.param](path))
 
 
 def both(folder):
@@ -67,6 +71,81 @@ def test_chat_matches_transformers(folder):
     assert_same(ours(chats, do_sample=False, max_new_tokens=6), theirs(chats, do_sample=False, max_new_tokens=6))
     prefill = CHAT + [{"role": "assistant", "content": "Attention is"}]
     assert_same(ours(prefill, do_sample=False, max_new_tokens=5), theirs(prefill, do_sample=False, max_new_tokens=5))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"do_sample": False, "max_new_tokens": 8, "prefix": "In Python, "},
+    {"do_sample": False, "max_new_tokens": 8, "prefix": "In Python, ", "return_full_text": False},
+    {"do_sample": False, "max_new_tokens": 6, "prefix": "In Python, ", "num_beams": 3, "num_return_sequences": 2},
+    {"do_sample": False, "max_new_tokens": 8, "add_special_tokens": False},
+    {"do_sample": False, "max_new_tokens": 6, "add_special_tokens": False, "return_tensors": True},
+    {"do_sample": False, "max_new_tokens": 6, "add_special_tokens": False, "num_beams": 3},
+    {"do_sample": False, "max_new_tokens": 6, "add_special_tokens": True, "prefix": "In Python, "},
+    {"do_sample": False, "max_new_tokens": 8, "stop_sequence": " the"},
+])
+def test_prompt_encoding_matches_transformers(folder, kwargs):
+    """The prompt as transformers' pipeline tokenizes it: the tokenizer's own special tokens unless
+    add_special_tokens says otherwise, after the prefix (which the output leaves out)."""
+    ours, theirs = both(folder)
+    assert_same(ours(PROMPTS, **kwargs), theirs(PROMPTS, **kwargs))
+    assert_same(ours(PROMPTS[1], **kwargs), theirs(PROMPTS[1], **kwargs))
+
+
+def test_prompt_starts_with_the_tokenizers_bos(folder):
+    """Llama- and Mistral-style tokenizers add BOS; GPT-2 and Qwen2 add nothing. The returned ids
+    hold what the model saw, and add_special_tokens=False takes BOS away."""
+    ours, theirs = both(folder)
+    adds_bos = folder.name.startswith(("llama", "mistral"))
+    expected = theirs.tokenizer(PROMPTS[0])["input_ids"]
+    assert (expected[0] == theirs.tokenizer.bos_token_id) == adds_bos
+    ids = ours(PROMPTS[0], do_sample=False, max_new_tokens=4, return_tensors=True)[0]["generated_token_ids"]
+    assert ids[:len(expected)] == expected
+    bare = ours(PROMPTS[0], do_sample=False, max_new_tokens=4, return_tensors=True, add_special_tokens=False)
+    assert bare[0]["generated_token_ids"][:len(expected) - adds_bos] == expected[adds_bos:]
+
+
+def test_prefix_is_left_out_of_max_length(folder):
+    """transformers counts max_length (and min_length) without the prefix. Called the documented
+    way (no injected max_new_tokens), it matches lightpipe's honoured max_length."""
+    ours, theirs = both(folder)
+    theirs.generation_config.max_new_tokens = None
+    prefix = "In Python, "
+    prompt_len = len(theirs.tokenizer(prefix + PROMPTS[0])["input_ids"])
+    prefix_len = len(theirs.tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    assert prefix_len >= 3
+    # (a max_length under the prompt's length makes transformers cut the prompt: not this test)
+    kwargs = {"do_sample": False, "max_length": prompt_len + 2, "prefix": prefix, "return_tensors": True}
+    got = ours(PROMPTS[0], **kwargs)
+    assert_same(got, theirs(PROMPTS[0], **kwargs))
+    assert len(got[0]["generated_token_ids"]) == prompt_len + 2 + prefix_len
+    # min_length: the first token the model produces is made the end; counting min_length without
+    # the prefix holds generation past it for 3 tokens, counting with it would stop at once
+    first = ours(PROMPTS[0], do_sample=False, max_new_tokens=1, prefix=prefix,
+                 return_tensors=True)[0]["generated_token_ids"][prompt_len]
+    kwargs = {"do_sample": False, "max_new_tokens": 6, "prefix": prefix, "return_tensors": True,
+              "eos_token_id": first, "min_length": prompt_len + 3 - prefix_len}
+    got = ours(PROMPTS[0], **kwargs)
+    assert_same(got, theirs(PROMPTS[0], **kwargs))
+    assert len(got[0]["generated_token_ids"]) >= prompt_len + 3
+
+
+def test_chat_is_tokenized_by_its_template_only(folder):
+    """A chat is its rendered template (which writes BOS itself) and nothing more, whatever
+    add_special_tokens says; a prefill ending in a space is cut where transformers cuts it (the
+    templates here trim messages)."""
+    ours, theirs = both(folder)
+    kwargs = {"do_sample": False, "max_new_tokens": 6}
+    for options in ({"add_special_tokens": True}, {"add_special_tokens": False}, {"return_tensors": True}):
+        assert_same(ours(CHAT, **kwargs, **options), theirs(CHAT, **kwargs, **options))
+    ids = ours(CHAT, **kwargs, return_tensors=True)[0]["generated_token_ids"]
+    expected = theirs.tokenizer.apply_chat_template(CHAT, add_generation_prompt=True)
+    assert ids[:len(expected)] == expected
+    bos = theirs.tokenizer.bos_token_id
+    assert bos is None or ids[:2].count(bos) <= 1  # never a second BOS before the template's
+    prefill = CHAT + [{"role": "assistant", "content": "Attention is "}]
+    assert_same(ours(prefill, **kwargs), theirs(prefill, **kwargs))
+    assert_same(ours(prefill, **kwargs, continue_final_message=True), theirs(prefill, **kwargs, continue_final_message=True))
+    assert_same(ours(CHAT, **kwargs, continue_final_message=False), theirs(CHAT, **kwargs, continue_final_message=False))
 
 
 def test_caller_max_length_is_honoured(folder):
