@@ -202,6 +202,79 @@ def test_stream_yields_the_same_text(folder):
         ours(CHAT, do_sample=False, max_new_tokens=6, return_full_text=False)[0]["generated_text"]
 
 
+def test_stream_follows_the_prompt_options(folder):
+    """stream() encodes the prompt as the call does (prefix, add_special_tokens)."""
+    ours = pipeline("text-generation", model=folder)
+    for options in ({"prefix": "In Python, "}, {"add_special_tokens": False}):
+        pieces = list(ours.stream(PROMPTS[0], do_sample=False, max_new_tokens=8, **options))
+        whole = ours(PROMPTS[0], do_sample=False, max_new_tokens=8, return_full_text=False, **options)
+        assert "".join(pieces) == whole[0]["generated_text"]
+
+
+@pytest.mark.parametrize("text", [
+    "Hello , world . I do n't know ' s it 's fine ! Is it ? They 're here , we 've seen ' em .",
+    "a  ' s  b  .  c n't d  ' ' e 're f ' 'm g , , h !",
+])
+def test_streamed_pieces_are_final_despite_space_cleanup(tmp_path, text):
+    """clean_up_tokenization_spaces removes a space once the next token arrives (" ." → "."):
+    pieces hold such a space back, so what was sent never changes and pieces join to the text."""
+    import queue
+
+    folder = decoder_checkpoint(tmp_path, "gpt2")
+    ours = pipeline("text-generation", model=folder)
+    ids = ours.tokenizer.encode(text, add_special_tokens=False).ids
+    for split in (1, 5):
+        prompt, new = ids[:split], ids[split:]
+        tokens = queue.Queue()
+        for token in new + [None]:
+            tokens.put(token)
+        pieces = list(ours._pieces(tokens, ours.generation, {}, prompt))
+        decoded = ours.tokenizer.decode(prompt + new, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        prompt_text = ours.tokenizer.decode(prompt, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        assert "".join(pieces) == decoded[len(prompt_text):]
+        assert len(pieces) > 3
+
+
+def test_tokenizer_config_add_bos_token_wins_as_in_transformers(tmp_path):
+    """Llama's tokenizer class rebuilds tokenizer.json's post-processor from tokenizer_config's
+    add_bos_token / add_eos_token when it loads; a checkpoint whose two files disagree gets
+    transformers' tokens."""
+    import json
+
+    llama2_tokenizer(tmp_path)
+    causal_lm_checkpoint(tmp_path, "llama", transformers.AutoTokenizer.from_pretrained(tmp_path))
+    path = tmp_path / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config.update(add_bos_token=False, add_eos_token=True)
+    path.write_text(json.dumps(config))
+    ours, theirs = both(tmp_path)
+    assert ours.tokenizer.encode(PROMPTS[0]).ids == theirs.tokenizer(PROMPTS[0])["input_ids"]
+    assert theirs.tokenizer(PROMPTS[0])["input_ids"][-1] == theirs.tokenizer.eos_token_id
+    kwargs = {"do_sample": False, "max_new_tokens": 6, "return_tensors": True}
+    assert_same(ours(PROMPTS[:2], **kwargs), theirs(PROMPTS[:2], **kwargs))
+
+
+def test_template_without_the_tokenizers_bos_renders_nothing_for_it(tmp_path):
+    """Qwen2 has no BOS: a template writing {{ bos_token }} gets nothing there, as in transformers."""
+    from tiny import QWEN2_TEMPLATE
+
+    tokenizer = qwen2_tokenizer(tmp_path, chat_template="{{ bos_token }}" + QWEN2_TEMPLATE)
+    ours, theirs = both(causal_lm_checkpoint(tmp_path, "qwen2", tokenizer))
+    assert_same(ours(CHAT, do_sample=False, max_new_tokens=6, return_tensors=True),
+                theirs(CHAT, do_sample=False, max_new_tokens=6, return_tensors=True))
+
+
+def test_continuing_a_message_the_template_drops_is_an_error():
+    from lightpipe.chat import render_chat
+
+    drops = "{% for m in messages %}{{ m['role'] }}: {{ m['content'][:3] }}\n{% endfor %}"
+    prefill = CHAT + [{"role": "assistant", "content": "Attention is"}]
+    with pytest.raises(ValueError, match="final message does not appear"):
+        render_chat(drops, prefill, add_generation_prompt=False, continue_final_message=True)
+    with pytest.raises(ValueError, match="add_generation_prompt"):
+        render_chat(drops, prefill, add_generation_prompt=True, continue_final_message=True)
+
+
 def test_errors(tmp_path, folder):
     ours = pipeline("text-generation", model=folder)
     with pytest.raises(ValueError, match="temperature"):
