@@ -3,6 +3,8 @@ Mistral and Qwen2 checkpoints whose tokenizers follow the real ones' conventions
 Mistral's add BOS in their post-processor, GPT-2's and Qwen2's add nothing): greedy, beams,
 batches, prefixes, chat templates, lengths, streaming."""
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -211,6 +213,19 @@ def test_stream_follows_the_prompt_options(folder):
         assert "".join(pieces) == whole[0]["generated_text"]
 
 
+def streamed(pipe, prompt: list[int], new: list[int]) -> tuple[list[str], str]:
+    """The pieces stream() makes of `new` arriving one token at a time after `prompt`, and the
+    text the call returns for them (return_full_text=False)."""
+    import queue
+
+    tokens = queue.Queue()
+    for token in new + [None]:
+        tokens.put(token)
+    pieces = list(pipe._pieces(tokens, pipe.generation, {}, prompt))
+    decode = pipe.text_decoder()
+    return pieces, decode(prompt + new)[len(decode(prompt)):]
+
+
 @pytest.mark.parametrize("text", [
     "Hello , world . I do n't know ' s it 's fine ! Is it ? They 're here , we 've seen ' em .",
     "a  ' s  b  .  c n't d  ' ' e 're f ' 'm g , , h !",
@@ -218,21 +233,31 @@ def test_stream_follows_the_prompt_options(folder):
 def test_streamed_pieces_are_final_despite_space_cleanup(tmp_path, text):
     """clean_up_tokenization_spaces removes a space once the next token arrives (" ." → "."):
     pieces hold such a space back, so what was sent never changes and pieces join to the text."""
-    import queue
-
-    folder = decoder_checkpoint(tmp_path, "gpt2")
-    ours = pipeline("text-generation", model=folder)
+    ours = pipeline("text-generation", model=decoder_checkpoint(tmp_path, "gpt2"))
     ids = ours.tokenizer.encode(text, add_special_tokens=False).ids
     for split in (1, 5):
-        prompt, new = ids[:split], ids[split:]
-        tokens = queue.Queue()
-        for token in new + [None]:
-            tokens.put(token)
-        pieces = list(ours._pieces(tokens, ours.generation, {}, prompt))
-        decoded = ours.tokenizer.decode(prompt + new, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-        prompt_text = ours.tokenizer.decode(prompt, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-        assert "".join(pieces) == decoded[len(prompt_text):]
-        assert len(pieces) > 3
+        pieces, whole = streamed(ours, ids[:split], ids[split:])
+        assert "".join(pieces) == whole and len(pieces) > 3
+
+
+def test_streamed_pieces_are_final_across_byte_fallback_runs(tmp_path):
+    """Sentencepiece byte-fallback tokens decode as one group: "<0x32>" alone is "2", followed by
+    "<0x82><0xAC>" the group is invalid UTF-8 and all three are "�". Pieces wait for a run to end."""
+    ours = pipeline("text-generation", model=causal_lm_checkpoint(tmp_path, "llama", llama2_tokenizer(tmp_path)))
+    byte = {b: ours.tokenizer.token_to_id(f"<0x{b:02X}>") for b in range(256)}
+    words = ours.tokenizer.encode("the attribute of an object", add_special_tokens=False).ids
+    prompt = ours.tokenizer.encode(PROMPTS[0]).ids
+    new = [words[1], byte[0x32], byte[0x82], byte[0xAC], words[2], byte[0xE2], byte[0x82], byte[0xAC], words[3],
+           byte[0xC3], byte[0xA9], words[4], byte[0x41], byte[0xE2]]
+    pieces, whole = streamed(ours, prompt, new)
+    assert "\ufffd" in whole and "€" in whole and "é" in whole
+    assert "".join(pieces) == whole and len(pieces) > 3
+    g = torch.Generator().manual_seed(0)  # and runs a random model might make
+    pool = words + list(byte.values())
+    for _ in range(5):
+        new = [pool[i] for i in torch.randint(len(pool), (30,), generator=g).tolist()]
+        pieces, whole = streamed(ours, prompt, new)
+        assert "".join(pieces) == whole
 
 
 def test_tokenizer_config_add_bos_token_wins_as_in_transformers(tmp_path):
@@ -312,3 +337,45 @@ def test_generator_of_prompts_streams_results_in_order(folder):
     results = ours((p for p in PROMPTS), do_sample=False, max_new_tokens=6)
     assert not isinstance(results, list)
     assert list(results) == ours(PROMPTS, do_sample=False, max_new_tokens=6)
+
+
+def test_server_routes_encode_prompts_as_transformers(tmp_path):
+    """The OpenAI and HF routes (and their streams) run the pipeline's prompt encoding, so a
+    Mistral-style checkpoint (BOS added, sentencepiece) answers what transformers' pipeline
+    answers; usage counts the prompt as the model got it (template, BOS)."""
+    import httpx
+    from openai import OpenAI
+
+    from lightpipe.server import create_app, start_in_thread
+    from test_server import wait_healthy
+
+    folder = causal_lm_checkpoint(tmp_path, "mistral", llama2_tokenizer(tmp_path))
+    theirs = transformers.pipeline("text-generation", model=str(folder))
+    greedy = {"do_sample": False, "max_new_tokens": 8, "return_full_text": False}
+    prompt, expected = PROMPTS[1], theirs(PROMPTS[1], **greedy)[0]["generated_text"]
+    chat_expected = theirs(CHAT, **greedy)[0]["generated_text"]
+    prompt_tokens = len(theirs.tokenizer(prompt)["input_ids"])
+    chat_tokens = len(theirs.tokenizer.apply_chat_template(CHAT, add_generation_prompt=True))
+    with start_in_thread(create_app([f"text-generation={folder}"])) as running:
+        wait_healthy(running.url)
+        client = OpenAI(base_url=running.url + "/v1", api_key="-")
+        done = client.completions.create(model=str(folder), prompt=prompt, max_tokens=8, temperature=0)
+        assert done.choices[0].text == expected and done.usage.prompt_tokens == prompt_tokens
+        chunks = list(client.completions.create(model=str(folder), prompt=prompt, max_tokens=8, temperature=0,
+                                                stream=True, stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
+        assert chunks[-1].usage.prompt_tokens == prompt_tokens
+        out = client.chat.completions.create(model=str(folder), messages=CHAT, max_tokens=8, temperature=0)
+        assert out.choices[0].message.content == chat_expected and out.usage.prompt_tokens == chat_tokens
+        chunks = list(client.chat.completions.create(model=str(folder), messages=CHAT, max_tokens=8, temperature=0,
+                                                     stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat_expected
+        hf = httpx.post(running.url + "/", json={"inputs": prompt, "parameters": {"max_new_tokens": 8}}, timeout=60)
+        assert hf.json() == [{"generated_text": expected}]
+        bare = {"max_new_tokens": 8, "add_special_tokens": False}
+        hf = httpx.post(running.url + "/", json={"inputs": prompt, "parameters": bare}, timeout=60)
+        assert hf.json() == [{"generated_text": theirs(prompt, **greedy, add_special_tokens=False)[0]["generated_text"]}]
+        streamed = httpx.post(running.url + "/", json={"inputs": prompt, "parameters": {"max_new_tokens": 8},
+                                                       "stream": True}, timeout=60).text
+        events = [json.loads(line[5:]) for line in streamed.splitlines() if line.startswith("data:")]
+        assert events[-1]["generated_text"] == expected

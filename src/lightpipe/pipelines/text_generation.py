@@ -87,6 +87,13 @@ class TextGenerationPipeline(Pipeline):
                                  "no room to generate; shorten the prompt")
         return prompts, chat
 
+    def count_prompt_tokens(self, items: list, options: dict) -> int:
+        """Prompt tokens as the model gets them (chat template, prefix, BOS): the server's usage."""
+        options = {**self.defaults, **options}
+        prompts, _ = self.encode_prompts(items, options.get("prefix", self.prefix), options.get("add_special_tokens"),
+                                         options.get("continue_final_message"))
+        return sum(len(p) for p in prompts)
+
     # -- generation ------------------------------------------------------------------------
 
     def split_options(self, options: dict) -> tuple[dict, dict]:
@@ -242,7 +249,10 @@ class TextGenerationPipeline(Pipeline):
             if new_ids and new_ids[-1] in eos:
                 continue  # padding after the end
             new_ids.append(token)
-            text = decode(prompt_ids + new_ids)[prompt_len:]
+            settled = len(new_ids)
+            while settled and self._is_byte_piece(new_ids[settled - 1]):
+                settled -= 1  # a run of byte-fallback tokens decodes as one group, final once it ends
+            text = decode(prompt_ids + new_ids[:settled])[prompt_len:]
             ready = len(text) if not text.endswith("\ufffd") else 0  # not half a character
             if clean and ready:
                 ready = _stable_length(text)
@@ -252,6 +262,11 @@ class TextGenerationPipeline(Pipeline):
         text = decode(prompt_ids + new_ids)[prompt_len:]
         if len(text) > sent:
             yield text[sent:]
+
+    def _is_byte_piece(self, token_id: int) -> bool:
+        """A sentencepiece byte-fallback token (<0xE2>)."""
+        token = self.tokenizer.convert_ids_to_tokens([token_id])[0] or ""
+        return len(token) == 6 and token.startswith("<0x") and token.endswith(">")
 
 
 # what transformers' clean_up_tokenization removes a space from; a tail of the text that could
