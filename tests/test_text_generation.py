@@ -106,6 +106,17 @@ def test_prompt_starts_with_the_tokenizers_bos(folder):
     assert bare[0]["generated_token_ids"][:len(expected) - adds_bos] == expected[adds_bos:]
 
 
+def test_empty_prompt_starts_from_bos_as_in_transformers(folder):
+    """An empty prompt is the tokenizer's BOS where it adds one, else the model's bos_token_id
+    (which transformers then returns as part of the generated ids)."""
+    ours, theirs = both(folder)
+    for kwargs in ({"return_tensors": True}, {}, {"skip_special_tokens": False}):
+        kwargs.update(do_sample=False, max_new_tokens=5)
+        assert_same(ours(["", PROMPTS[2]], **kwargs), theirs(["", PROMPTS[2]], **kwargs))
+    assert "".join(ours.stream("", do_sample=False, max_new_tokens=5)) == \
+        theirs("", do_sample=False, max_new_tokens=5, return_full_text=False)[0]["generated_text"]
+
+
 def test_prefix_is_left_out_of_max_length(folder):
     """transformers counts max_length (and min_length) without the prefix. Called the documented
     way (no injected max_new_tokens), it matches lightpipe's honoured max_length."""

@@ -131,15 +131,20 @@ class TextGenerationPipeline(Pipeline):
         return outputs
 
     def generate(self, prompts: list[list[int]], config: GenerationConfig, streamer=None) -> list[list[list[int]]]:
-        """Left-pad prompts into one batch, generate, and return each prompt's new-token rows."""
-        longest = max(len(p) for p in prompts)
+        """Left-pad prompts into one batch, generate, and return each prompt's new-token rows.
+        An empty prompt starts from the model's bos_token_id, as in transformers, and its rows
+        begin with that token (transformers returns it and decodes it as generated text)."""
+        if any(not p for p in prompts) and config.bos_token_id is None:
+            raise ValueError("an empty prompt starts from the model's bos_token_id, and this model has none; "
+                             "give at least one token of prompt")
+        starts = [p or [config.bos_token_id] for p in prompts]
+        longest = max(len(p) for p in starts)
         pad = config.pad_token_id if config.pad_token_id is not None else 0
         ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-        for j, p in enumerate(prompts):
-            if p:
-                ids[j, longest - len(p):] = torch.tensor(p)
-                mask[j, longest - len(p):] = 1
+        for j, p in enumerate(starts):
+            ids[j, longest - len(p):] = torch.tensor(p)
+            mask[j, longest - len(p):] = 1
         with torch.inference_mode():
             out = generate(self.model, ids.to(self.device), mask.to(self.device), config, streamer=streamer,
                            decode=self.tokenizer.decode)
@@ -149,7 +154,7 @@ class TextGenerationPipeline(Pipeline):
         for j in range(len(prompts)):
             rows = []
             for row in out[j * per_prompt:(j + 1) * per_prompt, longest:].tolist():
-                rows.append(_cut_after_eos(row, eos))
+                rows.append(([] if prompts[j] else starts[j]) + _cut_after_eos(row, eos))
             results.append(rows)
         return results
 
