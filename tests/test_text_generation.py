@@ -11,7 +11,8 @@ import transformers
 
 from compare import assert_same
 from lightpipe import pipeline
-from tiny import bpe_tokenizer, causal_lm_checkpoint, llama2_tokenizer, llama3_tokenizer, qwen2_tokenizer
+from lightpipe.pipelines.text_generation import STREAM_CONTEXT
+from tiny import bpe_tokenizer, causal_lm_checkpoint, llama2_tokenizer, llama3_tokenizer, qwen2_tokenizer, sentences
 
 PROMPTS = ["The assert statement", "Python lists are mutable sequences, typically used to store",
            "A class", "Ünïcödé café — naïve"]
@@ -213,6 +214,10 @@ def test_stream_yields_the_same_text(folder):
     assert "".join(pieces) == whole
     assert "".join(ours.stream(CHAT, do_sample=False, max_new_tokens=6)) == \
         ours(CHAT, do_sample=False, max_new_tokens=6, return_full_text=False)[0]["generated_text"]
+    long = " ".join(" ".join(sentences(6, start=40)).split()[:28])  # more than the stream's decoding context
+    assert len(ours.tokenizer.encode(long).ids) > 2 * STREAM_CONTEXT
+    assert "".join(ours.stream(long, do_sample=False, max_new_tokens=12)) == \
+        ours(long, do_sample=False, max_new_tokens=12, return_full_text=False)[0]["generated_text"]
 
 
 def test_stream_follows_the_prompt_options(folder):
@@ -246,8 +251,10 @@ def test_streamed_pieces_are_final_despite_space_cleanup(tmp_path, text):
     pieces hold such a space back, so what was sent never changes and pieces join to the text."""
     ours = pipeline("text-generation", model=decoder_checkpoint(tmp_path, "gpt2"))
     ids = ours.tokenizer.encode(text, add_special_tokens=False).ids
-    for split in (1, 5):
-        pieces, whole = streamed(ours, ids[:split], ids[split:])
+    before = ours.tokenizer.encode(" ".join(sentences(4)) + " ", add_special_tokens=False).ids
+    assert len(before) > STREAM_CONTEXT
+    for prompt, new in ((ids[:1], ids[1:]), (ids[:5], ids[5:]), (before + ids[:3], ids[3:])):
+        pieces, whole = streamed(ours, prompt, new)
         assert "".join(pieces) == whole and len(pieces) > 3
 
 
@@ -263,12 +270,18 @@ def test_streamed_pieces_are_final_across_byte_fallback_runs(tmp_path):
     pieces, whole = streamed(ours, prompt, new)
     assert "\ufffd" in whole and "€" in whole and "é" in whole
     assert "".join(pieces) == whole and len(pieces) > 3
-    g = torch.Generator().manual_seed(0)  # and runs a random model might make
-    pool = words + list(byte.values())
-    for _ in range(5):
-        new = [pool[i] for i in torch.randint(len(pool), (30,), generator=g).tolist()]
-        pieces, whole = streamed(ours, prompt, new)
+    run = [byte[b] for b in "€ü€ü€ü€ü€ü€ü€ü€ü€ü".encode()]  # a byte run longer than the stream's context
+    assert len(run) > STREAM_CONTEXT
+    for prompt_run, new in ((run[:-1], run[-1:] + words[1:3]), (run, words[1:3]), (run[:-3], run[-3:] + words[1:3])):
+        pieces, whole = streamed(ours, words[:1] + prompt_run, new)
         assert "".join(pieces) == whole
+    g = torch.Generator().manual_seed(0)  # and runs a random model might make, after long prompts too
+    pool = words + list(byte.values())
+    for _ in range(6):
+        ids = [pool[i] for i in torch.randint(len(pool), (30 + STREAM_CONTEXT,), generator=g).tolist()]
+        for prompt, new in ((prompt, ids[:30]), (ids[:-30], ids[-30:])):
+            pieces, whole = streamed(ours, prompt, new)
+            assert "".join(pieces) == whole
 
 
 def test_tokenizer_config_add_bos_token_wins_as_in_transformers(tmp_path):

@@ -18,6 +18,7 @@ from ..generation_config import GenerationConfig, pipeline_generation_config
 from .base import Pipeline, check_positive_int
 
 DEFAULT_BATCH = 16  # prompts decoded together: weights are read once per step for all of them
+STREAM_CONTEXT = 32  # prompt tokens a stream decodes its new tokens after (see _decoding_context)
 
 
 class TextGenerationPipeline(Pipeline):
@@ -247,6 +248,7 @@ class TextGenerationPipeline(Pipeline):
         decode = self.text_decoder(pipeline_opts.get("skip_special_tokens"),
                                    pipeline_opts.get("clean_up_tokenization_spaces"))
         clean = pipeline_opts.get("clean_up_tokenization_spaces") is not False
+        prompt_ids = self._decoding_context(prompt_ids)
         prompt_len = len(decode(prompt_ids))
         new_ids: list[int] = []
         sent = 0
@@ -267,6 +269,16 @@ class TextGenerationPipeline(Pipeline):
         text = decode(prompt_ids + new_ids)[prompt_len:]
         if len(text) > sent:
             yield text[sent:]
+
+    def _decoding_context(self, prompt_ids: list[int]) -> list[int]:
+        """The end of the prompt that decoding the continuation needs: decoders only look at
+        neighbouring tokens (the first token's stripped space, a byte-fallback run, a cleaned-up
+        space), so the last STREAM_CONTEXT tokens, started outside a byte run, decode the new
+        text as the whole prompt would — without re-decoding a long prompt at every token."""
+        start = max(len(prompt_ids) - STREAM_CONTEXT, 0)
+        while start > 0 and self._is_byte_piece(prompt_ids[start]):
+            start -= 1
+        return prompt_ids[start:]
 
     def _is_byte_piece(self, token_id: int) -> bool:
         """A sentencepiece byte-fallback token (<0xE2>)."""
