@@ -129,15 +129,16 @@ def encoder_checkpoint(folder: Path, model_type: str = "bert", head: str = "sequ
 # -- encoder-decoder checkpoints (BART, T5, Marian) for the text2text pipelines -----------------
 
 
-def spm_model(path: Path, texts, vocab_size: int = 300, **options) -> Path:
-    """A sentencepiece unigram model trained on `texts` (about 2 s on 1500 paragraphs)."""
+def spm_model(path: Path, texts, vocab_size: int = 300, model_type: str = "unigram", **options) -> Path:
+    """A sentencepiece model (unigram, or `model_type="bpe"`) trained on `texts` (about 2 s on
+    1500 paragraphs)."""
     import io
 
     import sentencepiece as spm
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(list(texts)), model_writer=buf, vocab_size=vocab_size,
-                                   model_type="unigram", num_threads=2, minloglevel=2, **options)
+                                   model_type=model_type, num_threads=2, minloglevel=2, **options)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buf.getvalue())
@@ -312,3 +313,165 @@ def mbart50_checkpoint(folder: Path, seed: int = 0, eos_boost: float = 1.0, **ov
     torch.manual_seed(seed)
     model = perturb_seq2seq(MBartForConditionalGeneration(MBartConfig(**kw)), seed, eos_boost)
     return save_checkpoint(folder, model)
+
+
+# -- decoder-only checkpoints with real tokenizers' conventions (BOS or not, chat templates) -------
+
+# Mistral-Instruct v0.3's template: BOS written by the template, an optional system message folded
+# into the last user turn, `trim` on answers, roles checked with raise_exception
+MISTRAL_TEMPLATE = """{%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if (message["role"] == "user") != (loop.index0 % 2 == 0) %}
+        {{- raise_exception("After the optional system message, conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif %}
+    {%- if message["role"] == "user" %}
+        {%- if loop.last and system_message is defined %}
+            {{- "[INST] " + system_message + "\\n\\n" + message["content"] + "[/INST]" }}
+        {%- else %}
+            {{- "[INST] " + message["content"] + "[/INST]" }}
+        {%- endif %}
+    {%- elif message["role"] == "assistant" %}
+        {{- " " + message["content"]|trim + eos_token}}
+    {%- else %}
+        {{- raise_exception("Only user and assistant roles are supported, with the exception of an initial optional system message!") }}
+    {%- endif %}
+{%- endfor %}
+"""
+
+# Llama-3.1-Instruct's template without tools and dates; the system turn is skipped in the loop
+# with `continue` (jinja's loopcontrols, which templates on the Hub use)
+LLAMA3_TEMPLATE = """{{- bos_token }}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] | trim %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" + system_message + "<|eot_id|>" }}
+{%- for message in messages %}
+    {%- if message['role'] == 'system' %}
+        {%- continue %}
+    {%- endif %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+{%- endif %}
+"""
+
+# Qwen2-Instruct's ChatML template, default system prompt included
+QWEN2_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                  "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+                  "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+                  "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+# the pre-tokenizer regexes of Llama 3 and Qwen2 (their tokenizer.json)
+LLAMA3_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+
+def llama2_tokenizer(folder: Path, vocab_size: int = 1000, chat_template: str | None = MISTRAL_TEMPLATE):
+    """Llama 2 / Mistral style: a sentencepiece BPE model with byte fallback (tokenizer.model),
+    converted by LlamaTokenizerFast into tokenizer.json with the `<s> $A` TemplateProcessing
+    (add_bos_token true, add_eos_token false) and the legacy Prepend("▁") normalizer, as
+    meta-llama/Llama-2-7b-hf and mistralai/Mistral-7B-Instruct ship them."""
+    import json
+
+    from transformers import LlamaTokenizerFast
+
+    folder = Path(folder)
+    spm = spm_model(folder / "tokenizer.model", corpus()[:1500], vocab_size, model_type="bpe", byte_fallback=True,
+                    split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+                    allow_whitespace_only_pieces=True)  # Llama's trainer options
+    # add_prefix_space=True makes the converter write the dummy-prefix normalizer (and the decoder's
+    # Strip) that Llama 2's tokenizer.json has; the Hub's tokenizer_config.json doesn't carry the key
+    tok = LlamaTokenizerFast(vocab_file=str(spm), add_prefix_space=True, legacy=True, add_bos_token=True,
+                             add_eos_token=False, chat_template=chat_template)
+    tok.save_pretrained(folder)
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config.pop("add_prefix_space", None)
+    path.write_text(json.dumps(config, indent=2))
+    return tok
+
+
+def llama3_tokenizer(folder: Path, vocab_size: int = 600, chat_template: str | None = LLAMA3_TEMPLATE):
+    """Llama 3 style: a byte-level BPE tokenizer.json whose post-processor is
+    Sequence[ByteLevel, TemplateProcessing("<|begin_of_text|> $A")], saved through
+    PreTrainedTokenizerFast (tokenizer_class as meta-llama/Meta-Llama-3-8B-Instruct has it)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(corpus(), trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=1, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bos = specials[0]
+    backend.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1",
+                                      special_tokens=[(bos, backend.token_to_id(bos))])])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token="<|eot_id|>",
+                                  clean_up_tokenization_spaces=True, chat_template=chat_template,
+                                  model_input_names=["input_ids", "attention_mask"])
+    tok.save_pretrained(folder)
+    return tok
+
+
+def qwen2_tokenizer(folder: Path, vocab_size: int = 600, chat_template: str | None = QWEN2_TEMPLATE):
+    """Qwen2-Instruct style: byte-level BPE converted by Qwen2TokenizerFast (NFC, Qwen2's split
+    regex, a ByteLevel post-processor that adds nothing), no BOS, eos <|im_end|>, pad
+    <|endoftext|>, <|im_start|>/<|im_end|> as special tokens."""
+    from tokenizers.implementations import ByteLevelBPETokenizer
+    from transformers import Qwen2TokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = ByteLevelBPETokenizer()
+    trainer.train_from_iterator(corpus(), vocab_size=vocab_size, min_frequency=1, special_tokens=specials)
+    trainer.save_model(str(folder))
+    tok = Qwen2TokenizerFast(str(folder / "vocab.json"), str(folder / "merges.txt"), bos_token=None,
+                             eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
+                             additional_special_tokens=specials[1:], chat_template=chat_template)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def causal_lm_checkpoint(folder: Path, model_type: str, tokenizer, seed: int = 0, sharpen: float = 8.0,
+                         **overrides) -> Path:
+    """A tiny random gpt2 / llama / mistral / qwen2 (2 layers, width 32, 128 positions) sized for
+    `tokenizer`, saved beside it. The head is untied (as Qwen2-7B's; pass tie_word_embeddings=True
+    for the small ones') and scaled by `sharpen` so greedy paths have no near-ties: a tied random
+    head mostly repeats the input token."""
+    import transformers
+
+    vocab = len(tokenizer)
+    eos = tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    if model_type == "gpt2":
+        kw = dict(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128, bos_token_id=bos,
+                  eos_token_id=eos)
+    else:
+        kw = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=bos,
+                  eos_token_id=eos, tie_word_embeddings=False)
+    kw.update(overrides)
+    config = transformers.AutoConfig.for_model(model_type, **kw)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    if not config.tie_word_embeddings:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(sharpen)
+    return save_checkpoint(folder, model.eval(), tokenizer)

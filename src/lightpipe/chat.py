@@ -41,8 +41,50 @@ def validate_messages(messages) -> list[dict]:
     return list(messages)
 
 
-def render_chat(template: str, messages, add_generation_prompt: bool = True, **kwargs) -> str:
-    return _compile(template).render(
-        messages=validate_messages(messages), add_generation_prompt=add_generation_prompt,
-        tools=None, documents=None, **kwargs,
-    )
+# transformers marks the final message's end with this tag to find where to cut the rendering
+CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+
+
+def render_chat(template: str, messages, add_generation_prompt: bool = True, continue_final_message: bool = False,
+                **kwargs) -> str:
+    """The rendered chat. `continue_final_message`: end the text inside the last message (no
+    end-of-turn after it) so the model continues it, cut as transformers cuts it: where a tag
+    appended to the message lands, minus trailing space when the template trimmed the message."""
+    messages = validate_messages(messages)
+    if continue_final_message:
+        if add_generation_prompt:
+            raise ValueError("continue_final_message and add_generation_prompt are not compatible: "
+                             "continue_final_message continues the last message, add_generation_prompt starts a new one")
+        messages, final = _tag_final_message(messages)
+    text = _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                     tools=None, documents=None, **kwargs)
+    if not continue_final_message:
+        return text
+    tag = CONTINUE_TAG.strip()
+    if final.strip() not in text or tag not in text:
+        raise ValueError("continue_final_message is set but the final message does not appear in the chat after "
+                         "applying the chat template (the template drops part of it)")
+    at = text.rindex(tag)
+    return text[:at] if text[at:at + len(CONTINUE_TAG)] == CONTINUE_TAG else text[:at].rstrip()
+
+
+def _tag_final_message(messages: list[dict]) -> tuple[list[dict], str]:
+    """A copy of the messages whose last text ends with CONTINUE_TAG, and that text untagged."""
+    last = dict(messages[-1])
+    content = last["content"]
+    if isinstance(content, (list, tuple)):  # content blocks: the last one with text
+        blocks = [dict(b) if isinstance(b, dict) else b for b in content]
+        for block in reversed(blocks):
+            if isinstance(block, dict) and "text" in block:
+                final = block["text"]
+                block["text"] = final + CONTINUE_TAG
+                break
+        else:
+            raise ValueError("continue_final_message is set but the final message has no text to continue")
+        last["content"] = blocks
+    elif isinstance(content, str):
+        final = content
+        last["content"] = content + CONTINUE_TAG
+    else:
+        raise TypeError(f"the final message's content must be a string to continue it, got {type(content).__name__}")
+    return messages[:-1] + [last], final

@@ -67,6 +67,7 @@ class Tokenizer:
         if (folder / "tokenizer.json").is_file():
             with _unreadable(folder / "tokenizer.json"):
                 backend = Backend.from_file(str(folder / "tokenizer.json"))
+            _bos_eos_post_processor(backend, config, model_type)
         elif (folder / "vocab.txt").is_file():
             with _unreadable(folder / "vocab.txt"):
                 backend = _wordpiece(folder / "vocab.txt", config)
@@ -163,7 +164,9 @@ class Tokenizer:
             )
         from .chat import render_chat
 
-        specials = {f"{n}_token": getattr(self, f"{n}_token") for n in SPECIAL_NAMES}
+        # only the tokens this tokenizer has, as transformers' special_tokens_map: an unset one is
+        # undefined in the template (renders ""), not None (renders "None")
+        specials = {f"{n}_token": t for n in SPECIAL_NAMES if (t := getattr(self, f"{n}_token")) is not None}
         return render_chat(template, messages, add_generation_prompt=add_generation_prompt, **specials, **extra)
 
 
@@ -179,6 +182,37 @@ def _unreadable(*paths: Path):
         names = " / ".join(str(p) for p in paths)
         raise ValueError(f"{names} could not be read as a tokenizer ({e}); the file is corrupt, truncated "
                          "or from an unsupported tokenizers version") from None
+
+
+# transformers' tokenizer classes that rebuild tokenizer.json's post-processor when they load, from
+# tokenizer_config's add_bos_token / add_eos_token (defaults here), and the model types that get
+# them when tokenizer_config names no class
+BOS_EOS_CLASSES = {"LlamaTokenizer": (True, False), "CodeLlamaTokenizer": (True, False),
+                   "GemmaTokenizer": (True, False), "CohereTokenizer": (True, False),
+                   "GPTNeoXTokenizer": (False, False)}
+BOS_EOS_MODEL_TYPES = {"llama": "LlamaTokenizer", "mistral": "LlamaTokenizer", "mixtral": "LlamaTokenizer",
+                       "gemma": "GemmaTokenizer", "cohere": "CohereTokenizer", "gpt_neox": "GPTNeoXTokenizer"}
+
+
+def _bos_eos_post_processor(backend: Backend, config: dict, model_type: str | None) -> None:
+    """BOS/EOS as transformers' Llama-family classes add them ("<s> $A" for Llama 2 and
+    Mistral), which may differ from tokenizer.json's when only one of the two files was edited."""
+    from tokenizers import processors
+
+    name = (config.get("tokenizer_class") or BOS_EOS_MODEL_TYPES.get(model_type) or "").removesuffix("Fast")
+    if name not in BOS_EOS_CLASSES:
+        return
+    add_bos = config.get("add_bos_token", BOS_EOS_CLASSES[name][0])
+    add_eos = config.get("add_eos_token", BOS_EOS_CLASSES[name][1])
+    bos, eos = _token_text(config.get("bos_token")), _token_text(config.get("eos_token"))
+    if (add_bos and bos is None) or (add_eos and eos is None):
+        return  # transformers refuses these; keep tokenizer.json's own
+    single = f"{bos + ':0 ' if add_bos else ''}$A:0{' ' + eos + ':0' if add_eos else ''}"
+    pair = f"{single}{' ' + bos + ':1' if add_bos else ''} $B:1{' ' + eos + ':1' if add_eos else ''}"
+    specials = [(t, backend.token_to_id(t)) for t, add in ((bos, add_bos), (eos, add_eos)) if add]
+    if any(i is None for _, i in specials):
+        return  # a special token missing from the vocabulary: keep tokenizer.json's own
+    backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
 
 
 def _wordpiece(vocab: Path, config: dict) -> Backend:

@@ -18,6 +18,7 @@ from ..generation_config import GenerationConfig, pipeline_generation_config
 from .base import Pipeline, check_positive_int
 
 DEFAULT_BATCH = 16  # prompts decoded together: weights are read once per step for all of them
+STREAM_CONTEXT = 32  # prompt tokens a stream decodes its new tokens after (see _decoding_context)
 
 
 class TextGenerationPipeline(Pipeline):
@@ -52,29 +53,47 @@ class TextGenerationPipeline(Pipeline):
         if isinstance(item, str):
             return (prefix or "") + item, False
         messages = validate_messages(item)
-        if continue_final_message is None:
+        if continue_final_message is None:  # a chat ending with the assistant's words is a prefill
             continue_final_message = messages[-1]["role"] == "assistant"
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=not continue_final_message)
-        if continue_final_message:  # cut the template's end-of-turn so the model continues the message
-            final = messages[-1]["content"]
-            text = text[: text.rindex(final) + len(final)] if final in text else text
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=not continue_final_message,
+                                                  continue_final_message=bool(continue_final_message))
         return text, True
 
-    def encode_prompts(self, items, prefix, add_special_tokens=False, continue_final_message=None):
-        texts = []
+    def encode_prompts(self, items, prefix, add_special_tokens=None, continue_final_message=None):
+        """Token ids of each prompt, as transformers' pipeline makes them: a prompt string (after
+        the prefix) with the tokenizer's own special tokens unless `add_special_tokens` says
+        otherwise (BOS for Llama-style tokenizers, nothing for GPT-2 / Qwen2); a chat as its
+        rendered template and nothing more, since templates write BOS themselves."""
+        if add_special_tokens is not None and not isinstance(add_special_tokens, bool):
+            raise TypeError(f"add_special_tokens must be True or False, got {add_special_tokens!r}")
+        texts, chat = [], []
         for i, item in enumerate(items):
             if not isinstance(item, (str, list, tuple)):
                 raise TypeError(f"inputs[{i}] must be a prompt string or a chat (list of messages), "
                                 f"got {type(item).__name__}")
-            texts.append(self.prompt_text(item, prefix, continue_final_message)[0])
-        chat = [not isinstance(item, str) for item in items]
-        prompts = [enc.ids for enc in self.tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)]
+            text, is_chat = self.prompt_text(item, prefix, continue_final_message)
+            texts.append(text)
+            chat.append(is_chat)
+        prompts: list = [None] * len(items)
+        for from_chat, specials in ((False, add_special_tokens is not False), (True, False)):
+            where = [i for i, c in enumerate(chat) if c == from_chat]
+            if where:
+                encodings = self.tokenizer.encode_batch([texts[i] for i in where], add_special_tokens=specials)
+                for i, enc in zip(where, encodings):
+                    prompts[i] = enc.ids
         context = self.config.get("max_position_embeddings") or self.config.get("n_positions")
         for i, p in enumerate(prompts):
             if context and len(p) >= context:
                 raise ValueError(f"prompt {i} has {len(p)} tokens but the model's context is {context}: "
                                  "no room to generate; shorten the prompt")
         return prompts, chat
+
+    def count_prompt_tokens(self, items: list, options: dict) -> int:
+        """Prompt tokens as the model gets them (chat template, prefix, BOS): the server's usage."""
+        options = {**self.defaults, **options}
+        prompts, _ = self.encode_prompts(items, options.get("prefix", self.prefix), options.get("add_special_tokens"),
+                                         options.get("continue_final_message"))
+        return sum(len(p) for p in prompts)
 
     # -- generation ------------------------------------------------------------------------
 
@@ -84,16 +103,22 @@ class TextGenerationPipeline(Pipeline):
         if pipeline_opts.get("stop_sequence") is not None:
             generation["eos_token_id"] = self.tokenizer.encode(pipeline_opts["stop_sequence"], add_special_tokens=False).ids
         prefix = pipeline_opts.get("prefix", self.prefix)
-        if prefix and "max_new_tokens" not in generation and self.generation.max_new_tokens is None:
-            # transformers counts max_length without the prefix the pipeline adds
-            prefix_len = len(self.tokenizer.encode(prefix, add_special_tokens=False).ids)
-            generation["max_length"] = (generation.get("max_length") or self.generation.max_length or 20) + prefix_len
+        if prefix:
+            # transformers counts max_length and min_length without the prefix the pipeline adds; it
+            # measures the prefix with special tokens only when the caller asked for them
+            specials = bool(pipeline_opts.get("add_special_tokens", False))
+            prefix_len = len(self.tokenizer.encode(prefix, add_special_tokens=specials).ids)
+            lengths = self.generation.merge(**generation)
+            if lengths.max_new_tokens is None:  # the length that applies is max_length
+                generation["max_length"] = (lengths.max_length or 20) + prefix_len
+            if lengths.min_new_tokens is None and generation.get("min_length") is not None:
+                generation["min_length"] += prefix_len
         return pipeline_opts, generation
 
     def run(self, items: list, options: dict, batch_size=None) -> list:
         pipeline_opts, generation = self.split_options(options)
         prompts, chats = self.encode_prompts(
-            items, pipeline_opts.get("prefix", self.prefix), pipeline_opts.get("add_special_tokens", False),
+            items, pipeline_opts.get("prefix", self.prefix), pipeline_opts.get("add_special_tokens"),
             pipeline_opts.get("continue_final_message"))
         config = self.generation.merge(**generation)
         order = sorted(range(len(items)), key=lambda i: len(prompts[i]))
@@ -107,15 +132,20 @@ class TextGenerationPipeline(Pipeline):
         return outputs
 
     def generate(self, prompts: list[list[int]], config: GenerationConfig, streamer=None) -> list[list[list[int]]]:
-        """Left-pad prompts into one batch, generate, and return each prompt's new-token rows."""
-        longest = max(len(p) for p in prompts)
+        """Left-pad prompts into one batch, generate, and return each prompt's new-token rows.
+        An empty prompt starts from the model's bos_token_id, as in transformers, and its rows
+        begin with that token (transformers returns it and decodes it as generated text)."""
+        if any(not p for p in prompts) and config.bos_token_id is None:
+            raise ValueError("an empty prompt starts from the model's bos_token_id, and this model has none; "
+                             "give at least one token of prompt")
+        starts = [p or [config.bos_token_id] for p in prompts]
+        longest = max(len(p) for p in starts)
         pad = config.pad_token_id if config.pad_token_id is not None else 0
         ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-        for j, p in enumerate(prompts):
-            if p:
-                ids[j, longest - len(p):] = torch.tensor(p)
-                mask[j, longest - len(p):] = 1
+        for j, p in enumerate(starts):
+            ids[j, longest - len(p):] = torch.tensor(p)
+            mask[j, longest - len(p):] = 1
         with torch.inference_mode():
             out = generate(self.model, ids.to(self.device), mask.to(self.device), config, streamer=streamer,
                            decode=self.tokenizer.decode)
@@ -125,24 +155,22 @@ class TextGenerationPipeline(Pipeline):
         for j in range(len(prompts)):
             rows = []
             for row in out[j * per_prompt:(j + 1) * per_prompt, longest:].tolist():
-                rows.append(_cut_after_eos(row, eos))
+                rows.append(([] if prompts[j] else starts[j]) + _cut_after_eos(row, eos))
             results.append(rows)
         return results
 
     def postprocess_item(self, item, prompt_ids, rows, return_full_text=None, return_tensors=None, return_text=None,
                          clean_up_tokenization_spaces=None, skip_special_tokens=None, continue_final_message=None,
                          **_):
-        skip = True if skip_special_tokens is None else skip_special_tokens
-        clean = True if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
         if return_tensors:
             return [{"generated_token_ids": prompt_ids + new_ids} for new_ids in rows]
+        decode = self.text_decoder(skip_special_tokens, clean_up_tokenization_spaces)
         # transformers decodes prompt + continuation and cuts the decoded prompt's length,
         # so tokens that merge across the boundary come out the same
-        prompt_len = len(self.tokenizer.decode(prompt_ids, skip_special_tokens=skip, clean_up_tokenization_spaces=clean))
+        prompt_len = len(decode(prompt_ids))
         records = []
         for new_ids in rows:
-            text = self.tokenizer.decode(prompt_ids + new_ids, skip_special_tokens=skip, clean_up_tokenization_spaces=clean)
-            new_text = text[prompt_len:]
+            new_text = decode(prompt_ids + new_ids)[prompt_len:]
             full = return_full_text is not False
             if isinstance(item, str):
                 records.append({"generated_text": item + new_text if full else new_text})
@@ -158,13 +186,21 @@ class TextGenerationPipeline(Pipeline):
                 records.append({"generated_text": messages})
         return records
 
+    def text_decoder(self, skip_special_tokens=None, clean_up_tokenization_spaces=None):
+        """ids → text with the pipeline's defaults (transformers' postprocess): special tokens
+        skipped, tokenization spaces cleaned up."""
+        skip = True if skip_special_tokens is None else skip_special_tokens
+        clean = True if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
+        return lambda ids: self.tokenizer.decode(ids, skip_special_tokens=skip, clean_up_tokenization_spaces=clean)
+
     # -- streaming -------------------------------------------------------------------------
 
     def stream(self, prompt, **kwargs):
         """Yield the continuation of one prompt (or chat) as text pieces while tokens are produced.
 
-        Pieces never split a multi-byte character: text is re-decoded from all new tokens and
-        only released once it doesn't end in a partial character."""
+        The pieces join to what the call returns with return_full_text=False: the prompt is
+        encoded the same way, and text is re-decoded after the prompt at each token and released
+        once it can't change (not half a character, not a space cleanup may still remove)."""
         if not isinstance(prompt, (str, list, tuple)):
             raise TypeError(f"stream() takes one prompt string or chat, got {type(prompt).__name__}")
         options = {**self.defaults, **self.check_options(kwargs)}
@@ -174,7 +210,7 @@ class TextGenerationPipeline(Pipeline):
         if config.num_return_sequences != 1 or config.num_beams != 1:
             raise ValueError("stream() produces one sequence: use num_return_sequences=1 and num_beams=1")
         prompts, _ = self.encode_prompts([prompt], pipeline_opts.get("prefix", self.prefix),
-                                         pipeline_opts.get("add_special_tokens", False),
+                                         pipeline_opts.get("add_special_tokens"),
                                          pipeline_opts.get("continue_final_message"))
         tokens: queue.Queue = queue.Queue()
         failure: list[BaseException] = []
@@ -197,28 +233,75 @@ class TextGenerationPipeline(Pipeline):
 
         threading.Thread(target=work, daemon=True).start()
         try:
-            yield from self._pieces(tokens, config, pipeline_opts)
+            yield from self._pieces(tokens, config, pipeline_opts, prompts[0])
         finally:
             cancelled.set()
         if failure:
             raise failure[0]
 
-    def _pieces(self, tokens: queue.Queue, config, pipeline_opts):
+    def _pieces(self, tokens: queue.Queue, config, pipeline_opts, prompt_ids: list[int]):
+        """The text pieces of the tokens arriving on `tokens` (None ends them). They join to the
+        pipeline's return_full_text=False text: the continuation is decoded after the prompt and
+        the decoded prompt's length cut off, as postprocess does, so a sentencepiece tokenizer's
+        first word keeps its space."""
         eos = set(_as_list(config.eos_token_id))
+        decode = self.text_decoder(pipeline_opts.get("skip_special_tokens"),
+                                   pipeline_opts.get("clean_up_tokenization_spaces"))
+        clean = pipeline_opts.get("clean_up_tokenization_spaces") is not False
+        prompt_ids = self._decoding_context(prompt_ids)
+        prompt_len = len(decode(prompt_ids))
         new_ids: list[int] = []
         sent = 0
-        skip = pipeline_opts.get("skip_special_tokens", True)
         while (token := tokens.get()) is not None:
             if new_ids and new_ids[-1] in eos:
                 continue  # padding after the end
             new_ids.append(token)
-            text = self.tokenizer.decode(new_ids, skip_special_tokens=skip)
-            if len(text) > sent and not text.endswith("\ufffd"):
-                yield text[sent:]
-                sent = len(text)
-        text = self.tokenizer.decode(new_ids, skip_special_tokens=skip)
+            settled = len(new_ids)
+            while settled and self._is_byte_piece(new_ids[settled - 1]):
+                settled -= 1  # a run of byte-fallback tokens decodes as one group, final once it ends
+            text = decode(prompt_ids + new_ids[:settled])[prompt_len:]
+            ready = len(text) if not text.endswith("\ufffd") else 0  # not half a character
+            if clean and ready:
+                ready = _stable_length(text)
+            if ready > sent:
+                yield text[sent:ready]
+                sent = ready
+        text = decode(prompt_ids + new_ids)[prompt_len:]
         if len(text) > sent:
             yield text[sent:]
+
+    def _decoding_context(self, prompt_ids: list[int]) -> list[int]:
+        """The end of the prompt that decoding the continuation needs: decoders only look at
+        neighbouring tokens (the first token's stripped space, a byte-fallback run, a cleaned-up
+        space), so the last STREAM_CONTEXT tokens, started outside a byte run, decode the new
+        text as the whole prompt would — without re-decoding a long prompt at every token."""
+        start = max(len(prompt_ids) - STREAM_CONTEXT, 0)
+        while start > 0 and self._is_byte_piece(prompt_ids[start]):
+            start -= 1
+        return prompt_ids[start:]
+
+    def _is_byte_piece(self, token_id: int) -> bool:
+        """A sentencepiece byte-fallback token (<0xE2>)."""
+        token = self.tokenizer.convert_ids_to_tokens([token_id])[0] or ""
+        return len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+
+
+# what transformers' clean_up_tokenization removes a space from; a tail of the text that could
+# grow into one of them may still lose its space
+_CLEANED = (" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're")
+
+
+def _stable_length(text: str) -> int:
+    """How much of cleaned-up text later tokens can't change: all of it but a tail that starts
+    a cleanup pattern (" n", " '", a lone space), with the spaces before that tail."""
+    longest = max(len(p) for p in _CLEANED)
+    for start in range(max(len(text) - longest + 1, 0), len(text)):
+        tail = text[start:]
+        if any(p.startswith(tail) and p != tail for p in _CLEANED):
+            while start > 0 and text[start - 1] == " ":
+                start -= 1
+            return start
+    return len(text)
 
 
 class _Cancelled(Exception):

@@ -277,7 +277,14 @@ def strings_of(item, out: list) -> list:
 
 def count_tokens(pipe, items: list, options: dict | None = None) -> int:
     """Input tokens of `items` as the pipeline's tokenizer counts them (zero-shot runs each text
-    once per candidate label, so it counts that many times)."""
+    once per candidate label, so it counts that many times; text-generation counts its prompts as
+    the model gets them: chat template, prefix, BOS)."""
+    counter = getattr(pipe, "count_prompt_tokens", None)
+    if counter is not None:
+        try:
+            return counter(items, options or {})
+        except Exception:
+            pass  # a bad input: the run itself reports it; count roughly meanwhile
     texts = strings_of(items, [])
     if not texts:
         return 0

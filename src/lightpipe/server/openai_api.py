@@ -200,7 +200,7 @@ def stream_response(served, prompt, options, stop, seed, chat: bool, rid: str, i
             reason = "length" if not watcher.stopped and limit and used >= limit else "stop"
             yield chunk(None, reason)
             if include_usage:
-                prompt_tokens = _prompt_tokens(served, prompt)
+                prompt_tokens = _prompt_tokens(served, prompt, options)
                 yield sse({"id": rid, "object": kind, "created": created, "model": served.id, "choices": [],
                            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": used,
                                      "total_tokens": prompt_tokens + used}})
@@ -212,10 +212,10 @@ def stream_response(served, prompt, options, stop, seed, chat: bool, rid: str, i
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def _prompt_tokens(served, prompt) -> int:
+def _prompt_tokens(served, prompt, options: dict) -> int:
     from .batcher import count_tokens
 
-    return count_tokens(served.pipeline, [prompt])
+    return count_tokens(served.pipeline, [prompt], options)
 
 
 def sse(obj) -> str:
