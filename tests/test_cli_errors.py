@@ -148,7 +148,7 @@ def test_corrupt_input_file(classifier, tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"text": "fine"}\n{"text": \n')
     proc = lightpipe("run", "text-classification", "--model", classifier, "--input", rows)
-    assert_one_line_error(proc, f"{rows} line 2 is not JSON")
+    assert_one_line_error(proc, f"{rows} line 2: not JSON")
 
 
 def test_missing_input_file(capsys, classifier, tmp_path):
