@@ -130,16 +130,18 @@ def test_inputs_are_longer_than_max_seq_length(tmp_path):
 @pytest.mark.parametrize("include_prompt", [True, False])
 @pytest.mark.parametrize("pooling", [("cls",), ("max",), ("mean",), ("mean_sqrt_len_tokens",), ("weightedmean",),
                                      ("lasttoken",), ("cls", "mean", "max"),
-                                     ("lasttoken", "weightedmean", "mean_sqrt_len_tokens")])
+                                     ("lasttoken", "weightedmean", "mean_sqrt_len_tokens")], ids="+".join)
 def test_every_pooling_mode(tmp_path, pooling, include_prompt):
     folder = st_save(tmp_path, pooling=pooling, include_prompt=include_prompt, prompts=PROMPTS,
                      default_prompt_name="doc")
     got = assert_matches(folder)
     assert got.shape == (len(TEXTS), 32 * len(pooling))
     assert_matches(folder, prompt_name="query")
+    assert_matches(folder, prompt="a prompt longer than max_seq_length " * 4)  # only its last token is pooled
 
 
-@pytest.mark.parametrize("pooling", [("cls", "max", "mean"), ("mean", "lasttoken", "cls", "weightedmean")])
+@pytest.mark.parametrize("pooling", [("cls", "max", "mean"), ("mean", "lasttoken", "cls", "weightedmean")],
+                         ids="+".join)
 def test_classic_pooling_flags_concatenate_in_sentence_transformers_order(tmp_path, pooling):
     folder = to_classic(st_save(tmp_path, pooling=pooling, prompts=PROMPTS, default_prompt_name="query",
                                 include_prompt=False), MAX_SEQ)

@@ -81,28 +81,27 @@ class Pooling:
     def __call__(self, hidden: torch.Tensor, prompt_length: int | None = None) -> torch.Tensor:
         """(T, D) hidden states of one text's real tokens → (len(modes) * D,). The prompt's
         tokens (the first `prompt_length`) are left out when include_prompt is False."""
-        mask = torch.ones(hidden.shape[0], dtype=hidden.dtype)
-        if prompt_length and not self.include_prompt:
-            mask[:prompt_length] = 0
-        kept = mask[:, None]  # (T, 1)
-        # Where every token is a prompt token, these give what sentence-transformers' masked
-        # batch gives: cls the first token, max -inf, the means and lasttoken zeros.
+        first = prompt_length if prompt_length and not self.include_prompt else 0
+        seen = hidden[first:] if first else hidden  # the tokens pooling sees, (n, D)
+        n = seen.shape[0]
+        # With no token left (a prompt filling the input) these give what sentence-transformers'
+        # masked batch gives: cls the first token, max -inf, the means and lasttoken zeros.
         out = []
         for mode in self.modes:
-            if mode == "cls":  # the first token pooling may see
-                out.append(hidden[int(mask.argmax())])
+            if mode == "cls":
+                out.append(seen[0] if n else hidden[0])
             elif mode == "max":
-                out.append(hidden.masked_fill(kept == 0, float("-inf")).max(0).values)
-            elif mode in ("mean", "mean_sqrt_len_tokens"):
-                total, count = (hidden * kept).sum(0), mask.sum().clamp(min=1e-9)
-                out.append(total / count if mode == "mean" else total / count.sqrt())
-            elif mode == "weightedmean":  # position i (from 1) weighs i
-                weights = torch.arange(1, hidden.shape[0] + 1, dtype=hidden.dtype) * mask
-                out.append((hidden * weights[:, None]).sum(0) / weights.sum().clamp(min=1e-9))
+                out.append(seen.max(0).values if n else torch.full_like(hidden[0], float("-inf")))
+            elif mode == "mean":
+                out.append(seen.mean(0) if n else torch.zeros_like(hidden[0]))
+            elif mode == "mean_sqrt_len_tokens":
+                out.append(seen.sum(0) / max(n, 1e-9) ** 0.5)
+            elif mode == "weightedmean":  # position i of the input (from 1) weighs i
+                weights = torch.arange(first + 1, hidden.shape[0] + 1, dtype=hidden.dtype)
+                out.append((seen * weights[:, None]).sum(0) / max(float(weights.sum()), 1e-9))
             else:  # lasttoken
-                seen = mask.nonzero()
-                out.append((hidden * kept)[int(seen[-1]) if len(seen) else 0])
-        return torch.cat(out)
+                out.append(seen[-1] if n else torch.zeros_like(hidden[0]))
+        return out[0] if len(out) == 1 else torch.cat(out)
 
 
 @dataclass
@@ -240,6 +239,8 @@ class SentenceModel:
         """Tokens of the prompt at the start of each input, its leading special token
         included and a trailing one not (how sentence-transformers counts them)."""
         if prompt not in self._prompt_lengths:
+            if len(self._prompt_lengths) >= 1024:  # callers' own prompts: keep the cache bounded
+                self._prompt_lengths.clear()
             ids = self.tokenizer.encode_batch([prompt], truncation=True, max_length=self.max_seq_length)[0].ids
             self._prompt_lengths[prompt] = len(ids) - (1 if ids and ids[-1] in self.tokenizer.all_special_ids else 0)
         return self._prompt_lengths[prompt]
