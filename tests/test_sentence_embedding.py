@@ -344,6 +344,22 @@ def test_download_of_a_checkpoint_with_dense(hub_server, tmp_path):
     assert not any(p.endswith(".py") or p.startswith("onnx/") for p in fetched)
 
 
+def test_download_of_pickled_dense_weights_only_with_allow_pickle(hub_server, tmp_path):
+    folder = st_save(tmp_path / "st", dense=[(16, True, torch.nn.Tanh())])
+    torch.save(load_file(folder / "2_Dense" / "model.safetensors"), folder / "2_Dense" / "pytorch_model.bin")
+    (folder / "2_Dense" / "model.safetensors").unlink()
+    hub_server.add("org/st-pickled", folder)
+    hub_server.add("org/st-pickled-2", folder)
+    got = pipeline("feature-extraction", model="org/st-pickled", allow_pickle=True)(TEXTS, pooling="auto")
+    torch.testing.assert_close(torch.tensor(got), reference(folder), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="2_Dense has only pickled weights .*allow_pickle=True"):
+        pipeline("feature-extraction", model="org/st-pickled")(TEXTS, pooling="auto")
+    # without allow_pickle the pickle isn't even fetched
+    with pytest.raises(FileNotFoundError, match="2_Dense.*allow_pickle=True.*lightpipe download MODEL --allow-pickle"):
+        pipeline("feature-extraction", model="org/st-pickled-2")(TEXTS, pooling="auto")
+    assert hub_server.downloads().count("2_Dense/pytorch_model.bin") == 1
+
+
 # -- the server: OpenAI /v1/embeddings and TEI /embed ------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -125,7 +125,13 @@ class Dense:
         if name not in ACTIVATIONS:
             raise UnsupportedModuleError(f"{where}: activation_function {name!r} is not supported; "
                                          f"supported: {sorted(ACTIVATIONS)}")
-        state = read_weights(weight_files(folder, allow_pickle))
+        try:
+            files = weight_files(folder, allow_pickle)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{where}: no model.safetensors in {folder}; a pickled pytorch_model.bin is read "
+                                    "only with allow_pickle=True, and fetched from the Hub only by a download with it "
+                                    "(`lightpipe download MODEL --allow-pickle`)") from None
+        state = read_weights(files)
         shape = (config["out_features"], config["in_features"])
         weight, bias = state.pop("linear.weight", None), state.pop("linear.bias", None)
         if weight is None or tuple(weight.shape) != shape:
