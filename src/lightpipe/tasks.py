@@ -119,4 +119,5 @@ def build_pipeline(task=None, model=None, *, revision=None, device=None, dtype=N
 
         net = quantize_int8(net)
     tok = cls.load_tokenizer(tokenizer or folder, config)
-    return cls(net, tok, config, model_id=str(model), folder=folder, batch_size=batch_size, **extra, **kwargs)
+    return cls(net, tok, config, model_id=str(model), folder=folder, batch_size=batch_size,
+               allow_pickle=allow_pickle, **extra, **kwargs)

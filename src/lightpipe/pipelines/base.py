@@ -29,12 +29,13 @@ class Pipeline:
 
     def __init__(self, model, tokenizer, config: dict, *, model_id: str = "", device=None,
                  batch_size: int | None = None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-                 folder=None, **defaults):
+                 folder=None, allow_pickle: bool = False, **defaults):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
         self.model_id = model_id
         self.folder = folder
+        self.allow_pickle = allow_pickle  # for files read after loading (sentence-transformers' Dense weights)
         self.device = next(model.parameters()).device if device is None else torch.device(device)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.max_batch_tokens = check_positive_int(max_batch_tokens, "max_batch_tokens")
@@ -154,12 +155,17 @@ class Pipeline:
     # -- shared helpers ------------------------------------------------------------------
 
     @property
-    def max_input_tokens(self) -> int:
-        """Longest input the model accepts: the tokenizer's limit, capped by the position table."""
+    def max_positions(self) -> int | None:
+        """Longest input the model's position table holds (None: no table in the config)."""
         positions = self.config.get("max_position_embeddings")
         if positions and self.config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
             positions -= (self.config.get("pad_token_id") or 1) + 1  # positions start after padding_idx
-        limits = [n for n in (self.tokenizer.model_max_length, positions) if n]
+        return positions
+
+    @property
+    def max_input_tokens(self) -> int:
+        """Longest input the model accepts: the tokenizer's limit, capped by the position table."""
+        limits = [n for n in (self.tokenizer.model_max_length, self.max_positions) if n]
         return min(limits) if limits else 10**9
 
     def encode(self, texts: list[str], pairs=None, truncation=False, **kwargs):

@@ -3,17 +3,15 @@ sentence-similarity (cosine scores of sentences against a source sentence)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
-from .base import Pipeline, check_known, check_text
+from .base import Pipeline, check_known, check_positive_int, check_text
 
-POOLING_MODES = ("mean", "cls", "max")
-# sentence-transformers' 1_Pooling/config.json flags → our pooling names
-POOLING_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
+POOLING_MODES = ("mean", "cls", "max")  # over all of an input's real tokens (beyond transformers)
+# sentence-transformers' encode() options: they need pooling="auto"
+SENTENCE_OPTIONS = ("prompt", "prompt_name", "truncate_dim")
 
 
 def pool(hidden: torch.Tensor, mode: str) -> torch.Tensor:
@@ -27,13 +25,17 @@ def pool(hidden: torch.Tensor, mode: str) -> torch.Tensor:
 
 class FeatureExtractionPipeline(Pipeline):
     """Per-token hidden states as nested lists, shaped (1, T, D) per input like transformers'
-    batch_size=1 output. Beyond transformers: `pooling` ("mean" | "cls" | "max" | "auto": the
-    checkpoint's 1_Pooling/config.json) gives one (D,) vector per input, and `normalize=True`
-    scales it to unit length, as sentence-transformers does."""
+    batch_size=1 output. Beyond transformers: `pooling` gives one vector per input.
+
+    pooling="auto" is `SentenceTransformer(folder).encode(texts)`: the checkpoint's modules.json
+    chain (lightpipe.sentence_embedding) with its max_seq_length (inputs are cut there unless
+    truncation=False, which refuses them), `prompt=` / `prompt_name=` (else its default prompt)
+    and `truncate_dim=`. "mean" | "cls" | "max" pool the model's tokens directly. Either way
+    `normalize=True` scales the result to unit length, last (encode's normalize_embeddings)."""
 
     task = "feature-extraction"
     token_outputs = True
-    OPTIONS = {"pooling", "normalize", "truncation", "tokenize_kwargs", "return_tensors", "batch_size"}
+    OPTIONS = {"pooling", "normalize", "truncation", "tokenize_kwargs", "return_tensors", "batch_size", *SENTENCE_OPTIONS}
 
     def check_options(self, options):
         check_known(options, self.OPTIONS, self.task)
@@ -44,37 +46,71 @@ class FeatureExtractionPipeline(Pipeline):
                 raise ValueError("truncation parameter defined twice (given as keyword argument as well as in tokenize_kwargs)")
             options.update(tk)
         pooling = options.get("pooling")
-        if pooling == "auto":
-            options["pooling"] = self.checkpoint_pooling()
-        elif pooling is not None and pooling not in POOLING_MODES:
+        if pooling is not None and pooling != "auto" and pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be None, 'auto' or one of {POOLING_MODES}, got {pooling!r}")
         if options.get("normalize") and options.get("pooling") is None:
             raise ValueError("normalize=True needs pooling (e.g. pooling='mean'): per-token outputs aren't normalized")
+        for name in ("prompt", "prompt_name"):
+            if options.get(name) is not None:
+                check_text(options[name], name)
+        check_positive_int(options.get("truncate_dim"), "truncate_dim")
         return options
 
-    def checkpoint_pooling(self) -> str:
-        """The pooling a sentence-transformers checkpoint was trained with (mean if it doesn't say)."""
-        path = Path(self.folder or "") / "1_Pooling" / "config.json"
-        if self.folder and path.is_file():
-            flags = json.loads(path.read_text())
-            for flag, mode in POOLING_FLAGS.items():
-                if flags.get(flag):
-                    return mode
-        return "mean"
+    @property
+    def sentence_model(self):
+        """The checkpoint's sentence-transformers chain, read on first use of pooling="auto"
+        (so per-token use never depends on modules lightpipe can't run)."""
+        if getattr(self, "_sentence_model", None) is None:
+            from ..sentence_embedding import SentenceModel
 
-    def preprocess(self, item, truncation=False, **options):
-        return self.encode([check_text(item)], truncation=truncation)
+            self._sentence_model = SentenceModel.load(self.folder or "", self.tokenizer, self.config,
+                                                      max_positions=self.max_positions, name=self.model_id,
+                                                      allow_pickle=self.allow_pickle)
+        return self._sentence_model
 
-    def preprocess_batch(self, items, truncation=False, **options):
-        return [[row] for row in self.encode([check_text(i) for i in items], truncation=truncation)]
+    def run(self, items, options, batch_size=None):
+        # the call's options resolved once against the checkpoint: the prompt, its length, truncate_dim
+        given = [k for k in SENTENCE_OPTIONS if options.get(k) is not None]
+        if options.get("pooling") == "auto":
+            options = self.sentence_options(options)
+        elif given:
+            raise ValueError(f"{', '.join(given)} need pooling='auto' (the checkpoint's sentence-transformers chain)")
+        return super().run(items, options, batch_size)
 
+    def sentence_options(self, options: dict) -> dict:
+        chain = self.sentence_model
+        options = dict(options)
+        prompt = chain.resolve_prompt(options.pop("prompt", None), options.pop("prompt_name", None))
+        options["prompt"] = prompt
+        options["prompt_length"] = chain.prompt_length(prompt) if prompt and not chain.pooling.include_prompt else None
+        truncate_dim = options.get("truncate_dim") or chain.truncate_dim
+        if truncate_dim is not None and chain.dimension and truncate_dim > chain.dimension:
+            raise ValueError(f"truncate_dim={truncate_dim} but {self.model_id or 'the model'} makes "
+                             f"{chain.dimension}-dimensional embeddings")
+        options["truncate_dim"] = truncate_dim
+        if options.get("truncation") is None:
+            options["truncation"] = True  # sentence-transformers cuts at max_seq_length
+        return options
 
-    def postprocess(self, rows, outputs, pooling=None, normalize=False, return_tensors=False, **options):
+    def preprocess(self, item, **options):
+        return self.preprocess_batch([item], **options)[0]
+
+    def preprocess_batch(self, items, truncation=False, pooling=None, prompt="", **options):
+        texts = [check_text(i) for i in items]
+        if pooling == "auto":
+            return [[row] for row in self.sentence_model.encode(texts, prompt, truncation=truncation)]
+        return [[row] for row in self.encode(texts, truncation=truncation)]
+
+    def postprocess(self, rows, outputs, pooling=None, normalize=False, return_tensors=False, prompt_length=None,
+                    truncate_dim=None, **options):
         hidden = outputs[0]  # (T, D) real tokens only
         if pooling is None:
             hidden = hidden[None]  # (1, T, D), transformers' per-input shape
         else:
-            hidden = pool(hidden, pooling)
+            if pooling == "auto":
+                hidden = self.sentence_model.embed(hidden, prompt_length)[:truncate_dim]
+            else:
+                hidden = pool(hidden, pooling)
             if normalize:
                 hidden = torch.nn.functional.normalize(hidden, dim=-1)
         return hidden if return_tensors else hidden.tolist()
@@ -90,7 +126,7 @@ class SentenceSimilarityPipeline(FeatureExtractionPipeline):
     like the HF Inference API and sentence-transformers (pooling from the checkpoint)."""
 
     task = "sentence-similarity"
-    PUBLIC_OPTIONS = {"pooling", "truncation", "batch_size"}
+    PUBLIC_OPTIONS = {"pooling", "truncation", "batch_size", *SENTENCE_OPTIONS}
 
     def __call__(self, inputs=None, sentences=None, **kwargs):
         if isinstance(inputs, str) and sentences is not None:

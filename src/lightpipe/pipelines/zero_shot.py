@@ -235,7 +235,8 @@ class ZeroShotClassificationPipeline(Pipeline):
                 model, _ = load_model(self.folder, "base", dtype=dtype, device=self.device)
             self._embedder = FeatureExtractionPipeline(model, self.tokenizer, self.config, model_id=self.model_id,
                                                        folder=self.folder, batch_size=self.batch_size,
-                                                       max_batch_tokens=self.max_batch_tokens)
+                                                       max_batch_tokens=self.max_batch_tokens,
+                                                       allow_pickle=self.allow_pickle)
         return self._embedder
 
     def embedding_scores(self, sequences, hypotheses, multi_label, temperature, batch_size) -> np.ndarray:

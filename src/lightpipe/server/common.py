@@ -119,19 +119,19 @@ async def run(served: Served, fn: str, items: list, options: dict | None = None,
 
 
 async def embed(served: Served, items: list[str], *, normalize: bool = True, truncation: bool = False,
-                dimensions: int | None = None):
-    """(N, D) float32 sentence embeddings, plus the input token count."""
+                dimensions: int | None = None, prompt_name: str | None = None):
+    """(N, D) float32 sentence embeddings, plus the input token count: the pipeline's
+    pooling="auto" (the checkpoint's sentence-transformers chain), `dimensions` as its truncate_dim
+    (cut, then normalized if asked), `prompt_name` one of the checkpoint's prompts."""
     import torch
 
-    done = await run(served, "embed", items, {"normalize": normalize, "truncation": truncation})
-    vectors = torch.stack(done.results).float()
+    options = {"normalize": normalize, "truncation": truncation}
     if dimensions is not None:
-        if dimensions > vectors.shape[1]:
-            raise errors.validation(f"dimensions={dimensions} but {served.id} makes {vectors.shape[1]}-dimensional embeddings")
-        vectors = vectors[:, :dimensions]
-        if normalize:
-            vectors = torch.nn.functional.normalize(vectors, dim=-1)
-    return vectors, done.tokens
+        options["truncate_dim"] = dimensions
+    if prompt_name is not None:
+        options["prompt_name"] = prompt_name
+    done = await run(served, "embed", items, options)
+    return torch.stack(done.results).float(), done.tokens
 
 
 def embedding_model(st: ServerState, name: str | None) -> Served:

@@ -3,10 +3,11 @@
 `{"inputs": ..., "parameters": {...}}`, answered in the shapes `huggingface_hub.InferenceClient`
 (0.36) parses — which are transformers' pipeline outputs, except where noted:
 
-- feature-extraction: sentence embeddings (the checkpoint's pooling, normalized), one row per
-  input, a single string giving one row: [[...]] — what text-embeddings-inference and the
-  hosted API return. Parameters at the top level (`normalize`, `truncate`) as the client sends
-  them; `"pooling": "none"` gives transformers' per-token output instead.
+- feature-extraction: sentence embeddings (the checkpoint's sentence-transformers chain,
+  normalized), one row per input, a single string giving one row: [[...]] — what
+  text-embeddings-inference and the hosted API return. Parameters at the top level (`normalize`,
+  `truncate`, `prompt_name`) as the client sends them; `"pooling": "none"` gives transformers'
+  per-token output instead.
 - text-classification: every label, best first, as a list per input ([[...]] for one string).
 - token-classification: `aggregation_strategy` defaults to "simple" (entity groups), as on the API.
 - text-generation: TGI's parameters; `return_full_text` defaults to false (only the new text);
@@ -118,20 +119,23 @@ async def feature_extraction(st, served: Served, body: dict):
     params = {**options_of(body.get("parameters")), **{k: v for k, v in body.items() if k not in ("inputs", "parameters") and v is not None}}
     if params.pop("truncation_direction", "right") not in ("right", "Right"):
         raise errors.validation("truncation_direction: only 'right' is supported")
-    if params.pop("prompt_name", None) is not None:
-        raise errors.validation("prompt_name is not supported: put the prompt in the text")
+    prompt_name = params.pop("prompt_name", None)
+    if prompt_name is not None and not isinstance(prompt_name, str):
+        raise errors.validation(f"prompt_name must be a string, got {prompt_name!r}")
     truncation = boolean(params.pop("truncate", params.pop("truncation", None)), "truncate", False)
     normalize = boolean(params.pop("normalize", None), "normalize", True)
     pooling = params.pop("pooling", "auto")
     if params:
         raise errors.validation(f"unknown feature-extraction parameter(s) {sorted(params)}; "
-                                "accepted: normalize, truncate, truncation_direction, pooling")
+                                "accepted: normalize, truncate, truncation_direction, pooling, prompt_name")
     if pooling in ("none", None):  # transformers' per-token hidden states
+        if prompt_name is not None:
+            raise errors.validation("prompt_name needs sentence embeddings (pooling 'auto'), not per-token output")
         done = await run(served, "run", items, {"truncation": truncation})
         return json_response(done.results[0] if single else done.results)
     if pooling != "auto":
         raise errors.validation(f"pooling must be 'auto' (the checkpoint's) or 'none' (per token), got {pooling!r}")
-    vectors, _ = await embed(served, items, normalize=normalize, truncation=truncation)
+    vectors, _ = await embed(served, items, normalize=normalize, truncation=truncation, prompt_name=prompt_name)
     return json_response(vectors.tolist())
 
 

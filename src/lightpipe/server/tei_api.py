@@ -17,13 +17,15 @@ async def embed_route(request: Request):
     served = embedding_model(st, body.get("model"))
     items, _ = texts(body.get("inputs"))
     check_batch(st, len(items))
-    if body.get("prompt_name") is not None:
-        raise errors.validation("prompt_name is not supported: put the prompt in the text")
+    prompt_name = body.get("prompt_name")
+    if prompt_name is not None and not isinstance(prompt_name, str):
+        raise errors.validation(f"prompt_name must be a string, got {prompt_name!r}")
     if str(body.get("truncation_direction") or "right").lower() != "right":
         raise errors.validation("truncation_direction: only Right is supported")
+    # TEI's truncate: false refuses an input over max_seq_length, true cuts it there
     vectors, _ = await embed(served, items, normalize=boolean(body.get("normalize"), "normalize", True),
                              truncation=boolean(body.get("truncate"), "truncate", False),
-                             dimensions=positive_int(body.get("dimensions"), "dimensions"))
+                             dimensions=positive_int(body.get("dimensions"), "dimensions"), prompt_name=prompt_name)
     return json_response(vectors.tolist())
 
 
