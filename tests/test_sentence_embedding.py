@@ -294,6 +294,20 @@ def test_a_module_lightpipe_cannot_run_is_a_clear_error(tmp_path):
         pipeline("sentence-similarity", model=custom)({"source_sentence": "a", "sentences": ["b"]})
 
 
+def test_module_paths_stay_inside_the_checkpoint(tmp_path):
+    folder = st_save(tmp_path / "model", dense=[(16, True, torch.nn.Tanh())])
+    outside = tmp_path / "elsewhere"
+    (folder / "2_Dense").rename(outside)  # a Dense module that lives outside the model folder
+    modules = json.loads((folder / "modules.json").read_text())
+    modules[2]["path"] = "../elsewhere"
+    (folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match=r"modules.json names file '../elsewhere', which is outside the model folder"):
+        ours(folder)
+    (folder / "modules.json").write_text('{"not": "a list"}')
+    with pytest.raises(ValueError, match=r"modules.json must hold a JSON array"):
+        ours(folder)
+
+
 def test_pickled_dense_weights_need_allow_pickle(tmp_path):
     folder = st_save(tmp_path, dense=[(16, True, torch.nn.Tanh())])
     dense = folder / "2_Dense"

@@ -20,10 +20,10 @@ WEIGHTS = [
 SAFE_SUFFIX = ".safetensors"
 
 
-def read_json(path, missing=FileNotFoundError) -> dict:
-    """The JSON object in `path`. A missing file raises FileNotFoundError, or returns `missing`
-    when one is given (an optional file). A file that isn't a JSON object raises ValueError
-    naming the file and what is wrong with it."""
+def read_json(path, missing=FileNotFoundError, expect: type = dict):
+    """The JSON object (or, with expect=list, array) in `path`. A missing file raises
+    FileNotFoundError, or returns `missing` when one is given (an optional file). A file that
+    isn't one raises ValueError naming the file and what is wrong with it."""
     path = Path(path)
     if not path.is_file():
         if missing is FileNotFoundError:
@@ -31,7 +31,7 @@ def read_json(path, missing=FileNotFoundError) -> dict:
         return missing
     data = path.read_bytes()
     if not data.strip():
-        raise ValueError(f"{path} is empty (an interrupted download or copy?); expected a JSON object")
+        raise ValueError(f"{path} is empty (an interrupted download or copy?); expected JSON")
     try:
         value = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -39,8 +39,8 @@ def read_json(path, missing=FileNotFoundError) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e.msg}: line {e.lineno} column {e.colno}); "
                          "the file is corrupt or truncated") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {_json_type(value)}")
+    if not isinstance(value, expect):
+        raise ValueError(f"{path} must hold a JSON {'array' if expect is list else 'object'}, got {_json_type(value)}")
     return value
 
 

@@ -17,12 +17,13 @@ normalizer).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from .repo_files import inside, read_json
 
 MODULE_KINDS = ("Transformer", "Pooling", "Dense", "Normalize")
 # the classic flags, in the order sentence-transformers concatenates the modes they switch on
@@ -53,7 +54,12 @@ DEFAULT_PROMPTS = {"query": "", "document": ""}
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json(path, missing={})
+
+
+def _module_folder(folder: Path, entry: dict) -> Path:
+    """A module's folder, named by modules.json: it must stay inside the checkpoint."""
+    return inside(folder, entry.get("path") or ".", folder / "modules.json")
 
 
 class UnsupportedModuleError(ValueError):
@@ -197,7 +203,10 @@ class SentenceModel:
             pooling = Pooling(("lasttoken",) if causal else ("mean",))
             return cls(tokenizer, min(tokenizer.model_max_length, limit), pooling, dimension=hidden or 0, **common)
 
-        entries = sorted(json.loads(modules_path.read_text(encoding="utf-8")), key=lambda m: m.get("idx", 0))
+        entries = read_json(modules_path, expect=list)
+        if not all(isinstance(m, dict) for m in entries):
+            raise ValueError(f"{modules_path} must list its modules as JSON objects")
+        entries = sorted(entries, key=lambda m: m.get("idx", 0))
         kinds = [_module_kind(m, name) for m in entries]
         if not kinds or kinds[0] != "Transformer":
             raise UnsupportedModuleError(f"{name}: modules.json must start with a Transformer module, got {kinds}")
@@ -206,9 +215,10 @@ class SentenceModel:
                                          f"but modules.json has {kinds}")
         tokenizer, max_seq_length = _transformer(folder, entries[0], tokenizer, limit, name)
         where = f"{name}: module {entries[1].get('path')!r}"
-        pool_config = _read_json(folder / entries[1].get("path", "") / "config.json")
+        pool_folder = _module_folder(folder, entries[1])
+        pool_config = _read_json(pool_folder / "config.json")
         if not pool_config:
-            raise FileNotFoundError(f"{where}: no config.json in {folder / entries[1].get('path', '')}")
+            raise FileNotFoundError(f"{where}: no config.json in {pool_folder}")
         pooling = Pooling.from_config(pool_config, where)
         width = pool_config.get("embedding_dimension", pool_config.get("word_embedding_dimension", hidden))
         if hidden and width != hidden:
@@ -220,7 +230,7 @@ class SentenceModel:
             if kind == "Normalize":
                 steps.append(Normalize())
                 continue
-            dense = Dense.load(folder / entry.get("path", ""), where, allow_pickle)
+            dense = Dense.load(_module_folder(folder, entry), where, allow_pickle)
             if dimension and dense.in_features != dimension:
                 raise ValueError(f"{where}: Dense takes {dense.in_features} inputs but gets {dimension}")
             steps.append(dense)
