@@ -14,7 +14,7 @@ from functools import lru_cache
 @lru_cache(maxsize=8)
 def _compile(template: str):
     try:
-        import jinja2
+        import jinja2.ext  # for loopcontrols: a submodule, which `import jinja2` alone doesn't load
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError as e:  # pragma: no cover - jinja2 is in the chat extra
         raise ImportError("chat templates need jinja2: pip install 'lightpipe[chat]'") from e
