@@ -225,9 +225,13 @@ def test_cli_streams_text_generation(fresh, folders, reference):
     assert out == "A class" + "".join(reference.run("text-generation/stream-prompt")) + "\n"
 
 
-def test_cli_sentence_similarity_with_the_embedded_default(fresh, reference):
-    out = lightpipe_cli(fresh, "run", "sentence-similarity", "--source", TEXTS[0], *TEXTS[1:], name="cli-similarity")
-    assert_same(json.loads(out), reference.run("sentence-similarity"))
+def test_cli_readme_demo_on_the_embedded_default_offline(fresh, reference):
+    """The README's first command: sentence-similarity on the embedded MiniLM, an empty cache, offline."""
+    source, others = "I've been waiting for a course my whole life.", ["I love learning.", "The stock market fell."]
+    out = lightpipe_cli(fresh, "run", "sentence-similarity", "--source", source, *others, name="cli-similarity")
+    expected = reference.pipe("sentence-similarity")({"source_sentence": source, "sentences": others})
+    assert_same(json.loads(out), expected)
+    assert expected[0] > expected[1]
 
 
 def test_cli_input_files(fresh, folders, reference, tmp_path):
