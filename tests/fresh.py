@@ -9,6 +9,8 @@ PYTHONPATH, so it covers `python -c`, `python -m`, console scripts and servers a
 - puts a finder first on `sys.meta_path` that refuses both packages, as if they weren't
   installed, and records every attempt with its stack (a caught ImportError can't hide one);
 - at exit writes {"loaded": [...], "attempts": [...]} to $LIGHTPIPE_FRESH_REPORT.
+
+(It shadows any other sitecustomize on the path; this venv has none.)
 """
 
 from __future__ import annotations
