@@ -11,16 +11,22 @@ from datetime import datetime
 from functools import lru_cache
 
 
+class ChatTemplateError(ValueError):
+    """A template's `raise_exception` (wrong roles, unsupported messages): the caller's input is
+    at fault, so a ValueError like every bad input (the server answers 422, not 500).
+    transformers raises jinja2's TemplateError here."""
+
+
 @lru_cache(maxsize=8)
 def _compile(template: str):
     try:
-        import jinja2
+        import jinja2.ext  # for loopcontrols: a submodule, which `import jinja2` alone doesn't load
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError as e:  # pragma: no cover - jinja2 is in the chat extra
         raise ImportError("chat templates need jinja2: pip install 'lightpipe[chat]'") from e
 
     def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
+        raise ChatTemplateError(f"the model's chat template refused these messages: {message}")
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)

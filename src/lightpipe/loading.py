@@ -199,6 +199,23 @@ def match_prefix(state: dict, expected: set[str], prefix: str) -> dict:
     return state
 
 
+class _SkipRandomInit(torch.overrides.TorchFunctionMode):
+    """Random init of meta tensors: skipped. It is wasted work there, and the first `normal_`
+    on a meta tensor imports torch._dynamo — seconds of every fresh process's start-up.
+    (A function mode, not a patched `torch.nn.init`: it is local to the loading thread.)"""
+
+    RANDOM = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.exponential_, torch.Tensor.erfinv_}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        in_place_init = getattr(func, "__module__", None) == "torch.nn.init" and func.__name__.endswith("_")
+        if func in self.RANDOM or in_place_init:
+            tensor = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes it by name
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
 def load_model(folder, head: str | None = None, *, dtype=None, device=None, allow_pickle: bool = False):
     """Build the model of the checkpoint in `folder` with `head` and fill it with its weights.
 
@@ -218,7 +235,7 @@ def load_model(folder, head: str | None = None, *, dtype=None, device=None, allo
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, config, device)
 
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipRandomInit():
         model = cls(module.Config.from_dict(config))
     expected = set(model.state_dict())
 
