@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .rows import Columns, base_task, canonical_task, flatten_result, row_input
+from .rows import Columns, base_task, canonical_task, flatten_result, one_per_input, row_input
 
 WINDOW = 512  # rows per window: the same as pipelines.base.WINDOW_ITEMS
 FORMATS = ("text", "jsonl", "csv", "tsv", "parquet")
@@ -546,9 +546,7 @@ def run_file(pipe, input, output=None, *, options: dict | None = None, fmt: str 
         for win in read_windows(input, in_fmt, window, skip=done, column=columns.text or "text"):
             inputs = [row_input(row, win.first + i + 1, task, columns) for i, row in enumerate(win.rows)]
             try:
-                results = pipe(inputs, **options)
-                if isinstance(results, dict):  # question-answering answers a list of one with a dict
-                    results = [results]
+                results = one_per_input(task, inputs, pipe(inputs, **options))
             except (ValueError, TypeError) as e:  # say where in the file the bad row is
                 raise type(e)(f"{input} rows {win.first + 1}-{win.first + len(inputs)}: {e}") from None
             out.write(win, results, [flatten_result(task, r) for r in results])

@@ -62,6 +62,17 @@ def _field(row: dict, name: str, number: int, flag: str):
 
 # -- results → columns --------------------------------------------------------------------
 
+# tasks that answer a list of one input with that input's bare result, as transformers does
+UNWRAPS_LIST_OF_ONE = {"question-answering", "fill-mask"}
+
+
+def one_per_input(task: str, inputs: list, results) -> list:
+    """`pipe(inputs)`'s results as a list with one result per input."""
+    if len(inputs) == 1 and base_task(task) in UNWRAPS_LIST_OF_ONE:
+        return [results]
+    return results
+
+
 def flatten_result(task: str, result) -> dict:
     """One result → {column: value}, the same columns for every row of a run:
 

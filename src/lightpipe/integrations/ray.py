@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..rows import Columns, flatten_result, row_input
+from ..rows import Columns, flatten_result, one_per_input, row_input
 
 
 class PipelinePredictor:
@@ -62,9 +62,7 @@ class PipelinePredictor:
                            f"pass column=... in fn_constructor_kwargs")
         values = {c: to_list(batch[c], kind) for c in needed}
         inputs = [row_input({c: values[c][i] for c in needed}, i + 1, self.task, self.columns) for i in range(n)]
-        results = self.pipe(inputs, **self.options) if inputs else []
-        if isinstance(results, dict):  # question-answering answers a list of one with a dict
-            results = [results]
+        results = one_per_input(self.task, inputs, self.pipe(inputs, **self.options)) if inputs else []
         flat = [flatten_result(self.task, r) for r in results]
         names = list(dict.fromkeys(k for f in flat for k in f))
         out = {name: to_array(name, [f.get(name) for f in flat]) for name in names}
