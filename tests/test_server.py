@@ -242,6 +242,9 @@ def test_summarization_and_translation(server, folders, direct):
     assert translate.translation(text, generate_parameters=gen).translation_text == direct["mt"](text, **gen)[0]["translation_text"]
     batch = post(server, f"/models/{name(folders, 'sum')}", {"inputs": TEXTS[12:14], "parameters": {"generate_parameters": gen}})
     assert batch.json() == direct["sum"](TEXTS[12:14], **gen)
+    ids = post(server, f"/models/{name(folders, 'sum')}", {"inputs": text, "parameters": {"return_tensors": True, **gen}})
+    expected_ids = direct["sum"](text, return_tensors=True, **gen)[0]["summary_token_ids"]  # a tensor: JSON sends a list
+    assert ids.status_code == 200 and ids.json() == [{"summary_token_ids": expected_ids.tolist()}]
     done = OpenAI(base_url=server.url + "/v1", api_key="-").completions.create(
         model=str(folders["mt"]), prompt=text, max_tokens=6, temperature=0)
     assert done.choices[0].text == direct["mt"](text, max_new_tokens=6, do_sample=False)[0]["translation_text"]

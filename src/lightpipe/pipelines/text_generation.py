@@ -134,8 +134,8 @@ class TextGenerationPipeline(Pipeline):
                          **_):
         skip = True if skip_special_tokens is None else skip_special_tokens
         clean = True if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
-        if return_tensors:
-            return [{"generated_token_ids": prompt_ids + new_ids} for new_ids in rows]
+        if return_tensors:  # a tensor, as documented (4.57.6 returns a list here, a tensor in text2text)
+            return [{"generated_token_ids": torch.tensor(prompt_ids + new_ids)} for new_ids in rows]
         # transformers decodes prompt + continuation and cuts the decoded prompt's length,
         # so tokens that merge across the boundary come out the same
         prompt_len = len(self.tokenizer.decode(prompt_ids, skip_special_tokens=skip, clean_up_tokenization_spaces=clean))
