@@ -1,9 +1,14 @@
-"""Structural comparison of pipeline outputs: same keys, strings and ints; floats within tol."""
+"""Structural comparison of pipeline outputs: same keys, strings and ints; floats within tol.
+Tensors compare by their values (tests/test_output_shapes.py checks the types themselves)."""
 
 import math
 
 
 def assert_same(ours, theirs, tol=1e-4):
+    if hasattr(theirs, "dim"):  # a torch tensor
+        theirs = theirs.tolist()
+    if hasattr(ours, "dim"):
+        ours = ours.tolist()
     if isinstance(theirs, dict):
         assert isinstance(ours, dict) and set(ours) == set(theirs), (ours, theirs)
         for key in theirs:

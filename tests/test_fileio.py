@@ -614,3 +614,17 @@ def test_cli_on_error_record(tmp_path, capsys, classifier, pipe):
                  "--output", str(tmp_path / "raise.csv")])
     err = capsys.readouterr().err
     assert code == 2 and f"lightpipe: error: {source} line 3: blank line (every line is a row" in err
+
+
+def test_single_row_fill_mask_file(tmp_path):
+    """fill-mask answers a list of one text with that text's candidates (as transformers): a
+    one-row window is still one row with its `predictions`, not one row per candidate."""
+    folder = encoder_checkpoint(tmp_path / "mlm", "bert", "masked-lm")
+    text = "The [MASK] statement is a convenient way to insert debugging assertions."
+    source = tmp_path / "one.jsonl"
+    source.write_text(json.dumps({"text": text}) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["run", "fill-mask", "--model", str(folder), "--input", str(source), "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = pipeline("fill-mask", model=folder)(text)
+    assert len(rows) == 1 and [p["token_str"] for p in rows[0]["predictions"]] == [p["token_str"] for p in expected]

@@ -244,6 +244,44 @@ def test_qa_max_question_len_cuts_the_question_as_documented(qa):
                 theirs(question=question, context=CONTEXTS[0], top_k=3))
 
 
+def test_qa_long_question_with_a_windowed_context(qa, monkeypatch):
+    """A question over max_question_len (64) whose context needs windows. transformers documents
+    cutting the question, but 4.57.6's fast path keeps it whole; lightpipe cuts it and windows the
+    context over the tokens left, which is transformers given the cut question. When the question
+    leaves a window no more than doc_stride tokens, transformers panics inside tokenizers (or, past
+    max_seq_len, raises "Sequence to truncate too short"); lightpipe raises a ValueError."""
+    monkeypatch.setenv("RUST_BACKTRACE", "0")
+    ours, theirs = qa
+    words, question = " ".join(sentences(12, start=100)).split(), ""
+    tokens = lambda text: theirs.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)  # noqa: E731
+    while len(tokens(question)["input_ids"]) < 85:
+        question = f"{question} {words.pop(0)}".strip()
+    question += "?"
+    length = len(tokens(question)["input_ids"])
+    assert 85 <= length < 100 and len(tokens(QUESTION + LONG)["input_ids"]) > 128  # windows: the model takes 128
+    cut = question[:tokens(question)["offset_mapping"][63][1]]  # the first 64 tokens, by transformers' tokenizer
+
+    kw = {"doc_stride": 16, "top_k": 3}
+    got = ours(question=question, context=LONG, **kw)
+    assert_same(got, theirs(question=cut, context=LONG, **kw))
+    assert len(ours.preprocess({"question": question, "context": LONG}, doc_stride=16)) > 3
+    # a limit above the question's length keeps it whole: transformers' (fast path) answers
+    whole = ours(question=question, context=LONG, max_question_len=length, **kw)
+    assert_same(whole, theirs(question=question, context=LONG, **kw))
+    assert whole != got
+
+    # no room for the windows: the default doc_stride (64) with a 64-token question in 128
+    with pytest.raises(ValueError, match="doc_stride=64"):
+        ours(question=question, context=LONG)
+    with pytest.raises(BaseException, match="stride"):  # tokenizers' PanicException is a BaseException
+        theirs(question=question, context=LONG)
+    # a question longer than max_seq_len itself
+    with pytest.raises(ValueError, match="leaving 0 for each context window"):
+        ours(question=question * 2, context=LONG, max_question_len=500, doc_stride=16)
+    with pytest.raises(Exception, match="too short"):
+        theirs(question=question * 2, context=LONG, doc_stride=16)
+
+
 def test_qa_errors(qa):
     ours, _ = qa
     with pytest.raises(ValueError, match="`question` cannot be empty"):

@@ -242,6 +242,9 @@ def test_summarization_and_translation(server, folders, direct):
     assert translate.translation(text, generate_parameters=gen).translation_text == direct["mt"](text, **gen)[0]["translation_text"]
     batch = post(server, f"/models/{name(folders, 'sum')}", {"inputs": TEXTS[12:14], "parameters": {"generate_parameters": gen}})
     assert batch.json() == direct["sum"](TEXTS[12:14], **gen)
+    ids = post(server, f"/models/{name(folders, 'sum')}", {"inputs": text, "parameters": {"return_tensors": True, **gen}})
+    expected_ids = direct["sum"](text, return_tensors=True, **gen)[0]["summary_token_ids"]  # a tensor: JSON sends a list
+    assert ids.status_code == 200 and ids.json() == [{"summary_token_ids": expected_ids.tolist()}]
     done = OpenAI(base_url=server.url + "/v1", api_key="-").completions.create(
         model=str(folders["mt"]), prompt=text, max_tokens=6, temperature=0)
     assert done.choices[0].text == direct["mt"](text, max_new_tokens=6, do_sample=False)[0]["translation_text"]
@@ -269,6 +272,37 @@ def test_openai_chat_and_completions(server, folders, direct):
     raw = httpx.post(server.url + "/v1/completions", json={"model": gpt, "prompt": prompt, "max_tokens": 3,
                                                            "temperature": 0, "stream": True}).text
     assert raw.rstrip().endswith("data: [DONE]")
+
+
+def test_seeded_sampling_is_the_same_alone_and_under_load(server, folders):
+    """A request's seed gives the text the pipeline gives with that seed alone, while other
+    requests sample (seeded, unseeded, streamed) at the same time: requests with the same seed
+    and options are not coalesced, and no one reseeds torch's global generator under a stream."""
+    gen = pipeline("text-generation", model=folders["gpt"])
+    path = f"/models/{name(folders, 'gpt')}"
+    prompts = ["The assert statement", "Python lists are", "A class", "Ünïcödé café"]
+    params = {"do_sample": True, "max_new_tokens": 10}
+    jobs = [(p, seed, stream) for seed in (1, 2) for p in prompts for stream in (False, True)]
+    jobs += [(p, None, stream) for p in prompts for stream in (False, True)]  # unseeded noise
+    expected = {(p, s): gen(p, seed=s, return_full_text=False, **params)[0]["generated_text"]
+                for p, s, _ in jobs if s is not None}
+    assert len(set(expected.values())) > len(prompts)  # the seed matters
+
+    def ask(job):
+        prompt, seed, stream = job
+        body = {"inputs": prompt, "parameters": {**params, **({} if seed is None else {"seed": seed})}, "stream": stream}
+        r = httpx.post(server.url + path, json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        if not stream:
+            return r.json()[0]["generated_text"]
+        events = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
+        return events[-1]["generated_text"]
+
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(ask, jobs * 2))
+    wrong = [(job, text, expected[job[:2]]) for job, text in zip(jobs * 2, got)
+             if job[1] is not None and text != expected[job[:2]]]
+    assert not wrong, wrong[:3]
 
 
 def test_tei_routes(server, direct):

@@ -151,9 +151,7 @@ def run_rows(pipe, task: str, inputs: list, options: dict, stop_at_error: bool =
 
 
 def _call(pipe, task: str, inputs: list, options: dict) -> list:
-    results = pipe(inputs, **options)
-    if base_task(task) == "question-answering" and len(inputs) == 1:
-        results = [results]  # a list of one question is answered with its answer (a dict, or a list with top_k)
+    results = one_per_input(task, inputs, pipe(inputs, **options))
     if not isinstance(results, list) or len(results) != len(inputs):
         got = len(results) if isinstance(results, list) else type(results).__name__
         raise RuntimeError(f"the pipeline returned {got} results for {len(inputs)} inputs")
@@ -192,6 +190,17 @@ def record_columns(task: str, results: list, errors: list, known: dict, record: 
 
 
 # -- results → columns --------------------------------------------------------------------
+
+# tasks that answer a list of one input with that input's bare result, as transformers does
+UNWRAPS_LIST_OF_ONE = {"question-answering", "fill-mask"}
+
+
+def one_per_input(task: str, inputs: list, results) -> list:
+    """`pipe(inputs)`'s results as a list with one result per input."""
+    if len(inputs) == 1 and base_task(task) in UNWRAPS_LIST_OF_ONE:
+        return [results]
+    return results
+
 
 def flatten_result(task: str, result) -> dict:
     """One result → {column: value}, the same columns for every row of a run:

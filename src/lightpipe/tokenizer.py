@@ -18,6 +18,7 @@ from tokenizers import Tokenizer as Backend
 from .repo_files import read_json
 
 VERY_LARGE = int(1e30)  # transformers' "no limit" model_max_length
+MAX_TRUNCATING_COPIES = 16  # distinct (max_length, stride, strategy) settings kept ready; QA varies them per call
 SPECIAL_NAMES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 
 
@@ -41,7 +42,11 @@ class Tokenizer:
         self.backend = backend
         self.config = config
         self.model_type = model_type
-        self._lock = threading.Lock()  # truncation settings live on the shared backend
+        # Truncation lives on a `tokenizers.Tokenizer`, and changing it while another thread encodes
+        # fails ("Already borrowed") or cuts that thread's texts. So `backend` is never changed after
+        # loading: each truncation setting gets its own copy, made once and then only read.
+        self._truncating: dict[tuple, Backend] = {}
+        self._copies_lock = threading.Lock()
         for name in SPECIAL_NAMES:
             token = _token_text(config.get(f"{name}_token"))
             setattr(self, f"{name}_token", token)
@@ -115,12 +120,23 @@ class Tokenizer:
         if strategy not in ("longest_first", "only_first", "only_second"):
             raise ValueError(f"truncation must be a bool, 'longest_first', 'only_first' or 'only_second', got {truncation!r}")
         limit = max_length or self.model_max_length
-        with self._lock:
-            self.backend.enable_truncation(limit, stride=stride, strategy=strategy)
-            try:
-                return self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
-            finally:
-                self.backend.no_truncation()
+        backend = self._truncating_backend(limit, stride, strategy)
+        return backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+
+    def _truncating_backend(self, max_length: int, stride: int, strategy: str) -> Backend:
+        """A copy of the backend with this truncation enabled, shared by every call that asks for it."""
+        key = (max_length, stride, strategy)
+        backend = self._truncating.get(key)
+        if backend is not None:
+            return backend
+        with self._copies_lock:
+            if (backend := self._truncating.get(key)) is None:
+                backend = Backend.from_str(self.backend.to_str())
+                backend.enable_truncation(max_length, stride=stride, strategy=strategy)
+                if len(self._truncating) >= MAX_TRUNCATING_COPIES:  # drop the oldest; its users keep their reference
+                    del self._truncating[next(iter(self._truncating))]
+                self._truncating[key] = backend
+        return backend
 
     def encode(self, text: str, pair: str | None = None, **kwargs) -> Encoding:
         return self.encode_batch([text], None if pair is None else [pair], **kwargs)[0]

@@ -116,28 +116,31 @@ class Rotary(nn.Module):
         self.dynamic = scaling.get("rope_type", scaling.get("type")) == "dynamic"
         inv_freq, self.attention_scaling = rope_parameters(config)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.original_inv_freq = inv_freq
-        self.cached_len = config.max_position_embeddings
+        # dynamic rope's regrown frequencies: (length, inv_freq) or None. One attribute replaced whole,
+        # so a forward in another thread reads a consistent pair; the trained inv_freq is never changed
+        self.grown: tuple[int, torch.Tensor] | None = None
 
     def reset(self, device=None):
         """Recompute in float32 on `device` (after loading, or after a model.to(dtype) rounded them)."""
         inv_freq, self.attention_scaling = rope_parameters(self.config)
         self.inv_freq = inv_freq.to(device)
-        self.original_inv_freq = self.inv_freq
-        self.cached_len = self.config.max_position_embeddings
+        self.grown = None
 
     def forward(self, position_ids, dtype):
         if self.inv_freq.dtype != torch.float32:  # a later model.to(dtype) must not round the frequencies
             self.reset(self.inv_freq.device)
+        inv_freq = self.inv_freq
         if self.dynamic:  # one host sync per forward, only for this rope type
             seq_len = int(position_ids.max()) + 1
             trained = self.config.max_position_embeddings
-            if seq_len > self.cached_len:
-                self.inv_freq = rope_parameters(self.config, seq_len)[0].to(self.inv_freq.device)
-                self.cached_len = seq_len
-            elif seq_len < trained < self.cached_len:
-                self.inv_freq, self.cached_len = self.original_inv_freq, trained
-        return rotary_cos_sin(self.inv_freq, position_ids, dtype, self.attention_scaling)
+            grown = self.grown
+            if seq_len > (grown[0] if grown else trained):
+                grown = self.grown = (seq_len, rope_parameters(self.config, seq_len)[0].to(inv_freq.device))
+            elif seq_len < trained and grown:
+                grown = self.grown = None
+            if grown:
+                inv_freq = grown[1].to(inv_freq.device)  # a no-op unless the model moved since
+        return rotary_cos_sin(inv_freq, position_ids, dtype, self.attention_scaling)
 
 
 class Attention(nn.Module):

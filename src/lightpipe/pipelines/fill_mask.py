@@ -1,5 +1,6 @@
 """fill-mask: the `top_k` most likely tokens for each mask token, with the filled sequence.
-One mask → a list of candidates; several masks → a list of candidate lists (transformers' shape)."""
+One mask → a list of candidates; several masks → a list of candidate lists; a list of texts → a
+list of those, except that a list of one text gives that text's result (transformers' shapes)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ class FillMaskPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         if self.tokenizer.mask_token_id is None:
             raise ValueError(f"{self.model_id or 'this model'}'s tokenizer defines no mask_token, so it can't fill masks")
+
+    def __call__(self, inputs=None, **kwargs):
+        result = super().__call__(inputs, **kwargs)
+        if isinstance(inputs, (list, tuple)) and len(inputs) == 1:
+            return result[0]  # transformers unwraps a list of one text
+        return result
 
     def check_options(self, options):
         check_known(options, self.OPTIONS, self.task)

@@ -206,8 +206,8 @@ class Text2TextGenerationPipeline(Pipeline):
     def records(self, rows: list[list[int]], return_tensors=None, return_text=None,
                 clean_up_tokenization_spaces=None, **_) -> list[dict]:
         # as in transformers: return_tensors gives token ids instead of text; return_text is accepted
-        if return_tensors:
-            return [{f"{self.return_name}_token_ids": row} for row in rows]
+        if return_tensors:  # a 1-D tensor per sequence, as transformers returns (and documents) them
+            return [{f"{self.return_name}_token_ids": torch.tensor(row)} for row in rows]
         clean = bool(clean_up_tokenization_spaces)  # the pipeline's default is False, whatever the tokenizer says
         return [{f"{self.return_name}_text": self.tokenizer.decode(row, skip_special_tokens=True,
                                                                    clean_up_tokenization_spaces=clean)}

@@ -162,8 +162,8 @@ class TextGenerationPipeline(Pipeline):
     def postprocess_item(self, item, prompt_ids, rows, return_full_text=None, return_tensors=None, return_text=None,
                          clean_up_tokenization_spaces=None, skip_special_tokens=None, continue_final_message=None,
                          **_):
-        if return_tensors:
-            return [{"generated_token_ids": prompt_ids + new_ids} for new_ids in rows]
+        if return_tensors:  # a tensor, as documented (4.57.6 returns a list here, a tensor in text2text)
+            return [{"generated_token_ids": torch.tensor(prompt_ids + new_ids)} for new_ids in rows]
         decode = self.text_decoder(skip_special_tokens, clean_up_tokenization_spaces)
         # transformers decodes prompt + continuation and cuts the decoded prompt's length,
         # so tokens that merge across the boundary come out the same

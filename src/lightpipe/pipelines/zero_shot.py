@@ -18,6 +18,7 @@ embeddings otherwise; `mode="nli"` / `mode="embedding"` force one.
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -80,6 +81,7 @@ class ZeroShotClassificationPipeline(Pipeline):
     def __init__(self, model, tokenizer, config, **kwargs):
         self.has_classifier = self.head_for(config) == "sequence-classification"
         self._embedder = None
+        self._embedder_lock = threading.Lock()  # concurrent first calls load the encoder once
         # check_options (run by the base on the pipeline's defaults) needs the labels already
         self.id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
         self.label2id = {v: k for k, v in self.id2label.items()}
@@ -224,20 +226,23 @@ class ZeroShotClassificationPipeline(Pipeline):
     def embedder(self):
         """A feature-extraction pipeline over this checkpoint's encoder (loaded without the
         classification head if this pipeline holds an NLI classifier)."""
-        if self._embedder is None:
-            from .feature_extraction import FeatureExtractionPipeline
-
-            model = self.model
-            if self.has_classifier:
-                from ..loading import load_model
-
-                dtype = next(self.model.parameters()).dtype
-                model, _ = load_model(self.folder, "base", dtype=dtype, device=self.device)
-            self._embedder = FeatureExtractionPipeline(model, self.tokenizer, self.config, model_id=self.model_id,
-                                                       folder=self.folder, batch_size=self.batch_size,
-                                                       max_batch_tokens=self.max_batch_tokens,
-                                                       allow_pickle=self.allow_pickle)
+        with self._embedder_lock:
+            if self._embedder is None:
+                self._embedder = self._load_embedder()
         return self._embedder
+
+    def _load_embedder(self):
+        from .feature_extraction import FeatureExtractionPipeline
+
+        model = self.model
+        if self.has_classifier:
+            from ..loading import load_model
+
+            dtype = next(self.model.parameters()).dtype
+            model, _ = load_model(self.folder, "base", dtype=dtype, device=self.device)
+        return FeatureExtractionPipeline(model, self.tokenizer, self.config, model_id=self.model_id,
+                                         folder=self.folder, batch_size=self.batch_size,
+                                         max_batch_tokens=self.max_batch_tokens, allow_pickle=self.allow_pickle)
 
     def embedding_scores(self, sequences, hypotheses, multi_label, temperature, batch_size) -> np.ndarray:
         vectors = self.embedder().embed(sequences + hypotheses, pooling="auto", normalize=True, truncation=True,

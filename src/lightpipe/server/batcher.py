@@ -40,15 +40,19 @@ class Job:
     fn: str  # "run": pipeline.run(items, options) | "embed": pipeline.embed(items, **options)
     items: list
     options: dict
-    seed: int | None = None
+    seed: int | None = None  # sampling seed: the job gets its own torch.Generator (generation's `seed=`)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     enqueued: float = field(default_factory=time.perf_counter)
     tokens: int | None = None
 
     @property
     def key(self) -> tuple:
-        """Jobs coalesce only with jobs making the same call with the same options."""
-        return self.fn, self.seed, json.dumps(self.options, sort_keys=True, default=repr)
+        """Jobs coalesce only with jobs making the same call with the same options. A seeded job
+        coalesces with none: its prompts draw from one generator, so sharing it with another
+        request's prompts would change what the seed gives."""
+        if self.seed is not None:
+            return self.fn, "seeded", id(self)
+        return self.fn, json.dumps(self.options, sort_keys=True, default=repr)
 
 
 class Stream:
@@ -214,14 +218,13 @@ class Batcher:
 
     def _call(self, job: Job, items: list) -> list:
         pipe = self.pipe
-        if job.seed is not None:
-            import torch
-
-            torch.manual_seed(job.seed)
         if job.fn == "embed":
             outputs = list(pipe.embed(items, **job.options))
         elif job.fn == "run":
-            options = {**pipe.defaults, **pipe.check_options(dict(job.options))}
+            # the seed goes into the call (a per-call torch.Generator), never into torch's global RNG,
+            # which a stream generating in another thread draws from at the same time
+            given = dict(job.options) if job.seed is None else {**job.options, "seed": job.seed}
+            options = {**pipe.defaults, **pipe.check_options(given)}
             batch_size = options.pop("batch_size", pipe.batch_size)
             outputs = pipe.run(items, options, batch_size)
         else:

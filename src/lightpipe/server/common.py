@@ -39,8 +39,23 @@ def state(request: Request) -> ServerState:
     return request.app.state.lightpipe
 
 
+class _JSONResponse(JSONResponse):
+    """Tensors and numpy values in a result (`return_tensors=True` token ids, say) as JSON lists
+    and numbers; `default` is only called for them, so plain results cost nothing extra."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                          default=_plain).encode("utf-8")
+
+
+def _plain(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def json_response(content, status: int = 200) -> JSONResponse:
-    return JSONResponse(content, status_code=status)
+    return _JSONResponse(content, status_code=status)
 
 
 async def read_json(request: Request) -> dict:

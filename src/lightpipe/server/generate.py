@@ -122,12 +122,10 @@ def open_stream(served: Served, prompt, options: dict, seed: int | None = None):
     except Exception as e:
         raise errors.from_exception(e) from None
     pipe = served.pipeline
+    if seed is not None:
+        options = {**options, "seed": seed}  # its own torch.Generator: other requests can't move it
 
     def make():
-        if seed is not None:
-            import torch
-
-            torch.manual_seed(seed)  # on the worker thread, right before this stream starts
         return pipe.stream(prompt, **options)
 
     return served.batcher.stream(make)
