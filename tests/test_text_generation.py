@@ -101,10 +101,10 @@ def test_prompt_starts_with_the_tokenizers_bos(folder):
     adds_bos = folder.name.startswith(("llama", "mistral"))
     expected = theirs.tokenizer(PROMPTS[0])["input_ids"]
     assert (expected[0] == theirs.tokenizer.bos_token_id) == adds_bos
-    ids = ours(PROMPTS[0], do_sample=False, max_new_tokens=4, return_tensors=True)[0]["generated_token_ids"]
+    ids = ours(PROMPTS[0], do_sample=False, max_new_tokens=4, return_tensors=True)[0]["generated_token_ids"].tolist()
     assert ids[:len(expected)] == expected
     bare = ours(PROMPTS[0], do_sample=False, max_new_tokens=4, return_tensors=True, add_special_tokens=False)
-    assert bare[0]["generated_token_ids"][:len(expected) - adds_bos] == expected[adds_bos:]
+    assert bare[0]["generated_token_ids"][:len(expected) - adds_bos].tolist() == expected[adds_bos:]
 
 
 def test_empty_prompt_starts_from_bos_as_in_transformers(folder):
@@ -151,7 +151,7 @@ def test_chat_is_tokenized_by_its_template_only(folder):
     kwargs = {"do_sample": False, "max_new_tokens": 6}
     for options in ({"add_special_tokens": True}, {"add_special_tokens": False}, {"return_tensors": True}):
         assert_same(ours(CHAT, **kwargs, **options), theirs(CHAT, **kwargs, **options))
-    ids = ours(CHAT, **kwargs, return_tensors=True)[0]["generated_token_ids"]
+    ids = ours(CHAT, **kwargs, return_tensors=True)[0]["generated_token_ids"].tolist()
     expected = theirs.tokenizer.apply_chat_template(CHAT, add_generation_prompt=True)
     assert ids[:len(expected)] == expected
     bos = theirs.tokenizer.bos_token_id
