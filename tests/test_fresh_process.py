@@ -160,10 +160,10 @@ def test_the_chat_template_renders_as_transformers_renders_it(folders):
     import transformers
     from jinja2.exceptions import TemplateError
 
-    from lightpipe.tokenizer import Tokenizer
+    from lightpipe.tokenization import load
 
     theirs = transformers.AutoTokenizer.from_pretrained(folders["chat"])
-    ours = Tokenizer.from_folder(folders["chat"])
+    ours = load(folders["chat"])
     rendered = []
     for messages in (CHAT, CHAT[1:], CHAT + [{"role": "assistant", "content": " "}, {"role": "user", "content": "And?"}]):
         rendered.append(theirs.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))

@@ -15,7 +15,7 @@ import transformers
 from compare import assert_same
 from lightpipe import pipeline
 from lightpipe.cli import main
-from lightpipe.tokenizer import Tokenizer
+from lightpipe.tokenization import load
 from tiny import (bart_checkpoint, marian_checkpoint, mbart50_checkpoint, sentences, t5_checkpoint,
                   write_generation_config)
 
@@ -251,7 +251,7 @@ def test_summarization_warns_when_max_length_exceeds_the_input(ckpt):
 
 def test_marian_tokenizer_ids_and_text_match_transformers(ckpt):
     reference_tok = transformers.AutoTokenizer.from_pretrained(ckpt["marian"])
-    tok = Tokenizer.from_folder(ckpt["marian"], "marian")
+    tok = load(ckpt["marian"], "marian")
     samples = sentences(80) + ["", "Hello </s> world <unk> again", ">>fr<< Bonjour", "  spaced   out  ",
                                "Ünïcödé ﬁ ½ text", "<pad>"]
     for text in samples:
@@ -265,6 +265,16 @@ def test_marian_tokenizer_ids_and_text_match_transformers(ckpt):
                             generator=g).tolist()
         for skip in (True, False):
             assert tok.decode(ids, skip_special_tokens=skip) == reference_tok.decode(ids, skip_special_tokens=skip)
+    # the rest of the Tokenizer interface
+    assert tok.get_vocab() == reference_tok.get_vocab()
+    ids = reference_tok(samples[1]).input_ids
+    tokens = reference_tok.convert_ids_to_tokens(ids)
+    assert [tok.id_to_token(i) for i in ids] == tokens
+    assert tok.tokens_to_string(tokens) == reference_tok.convert_tokens_to_string(tokens)
+    with pytest.raises(AttributeError, match="MarianTokenizer's encodings have no 'offsets'"):
+        tok.encode("Hello").offsets
+    with pytest.raises(NotImplementedError, match=r"MarianTokenizer has no lowercased\(\)"):
+        tok.lowercased()
 
 
 def test_marian_separate_vocabularies(tmp_path):
@@ -289,7 +299,7 @@ def test_t5_with_only_spiece_model(tmp_path):
     folder = t5_checkpoint(tmp_path, fast=False, seed=3)
     assert not (folder / "tokenizer.json").exists()
     reference_tok = transformers.AutoTokenizer.from_pretrained(folder)
-    tok = Tokenizer.from_folder(folder, "t5")
+    tok = load(folder, "t5")
     for text in sentences(60) + ["Hello <extra_id_0> world.  Two  spaces", ""]:
         assert tok.encode(text).ids == reference_tok(text).input_ids, text
     inputs = texts(3)
@@ -311,7 +321,7 @@ def test_mbart50_translates_between_the_languages_asked(mbart, capsys):
     got = ours("translation", mbart, inputs, **kw)
     assert_same(got, theirs("translation", mbart, inputs, **kw))
     ids = ours("translation", mbart, inputs[0], return_tensors=True, **kw)[0]["translation_token_ids"]
-    tok = Tokenizer.from_folder(mbart)
+    tok = load(mbart)
     assert ids[:2].tolist() == [2, tok.token_to_id("fr_XX")]  # decoder start, then the forced target language
     german = ours("translation", mbart, inputs, **{**kw, "tgt_lang": "de_DE", "src_lang": "ro_RO"})
     assert_same(german, theirs("translation", mbart, inputs, **{**kw, "tgt_lang": "de_DE", "src_lang": "ro_RO"}))

@@ -314,7 +314,7 @@ def test_template_without_the_tokenizers_bos_renders_nothing_for_it(tmp_path):
 
 
 def test_continuing_a_message_the_template_drops_is_an_error():
-    from lightpipe.chat import render_chat
+    from lightpipe.tokenization.chat import render_chat
 
     drops = "{% for m in messages %}{{ m['role'] }}: {{ m['content'][:3] }}\n{% endfor %}"
     prefill = CHAT + [{"role": "assistant", "content": "Attention is"}]

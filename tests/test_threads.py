@@ -11,7 +11,7 @@ import transformers
 
 from compare import assert_same
 from lightpipe import pipeline
-from lightpipe.tokenizer import MAX_TRUNCATING_COPIES
+from lightpipe.tokenization.fast import MAX_TRUNCATING_COPIES
 from tiny import bpe_tokenizer, encoder_checkpoint, save_checkpoint, sentences
 
 TEXTS = [s for s in sentences(60, start=20) if len(s) < 200][:16]
@@ -112,7 +112,7 @@ def test_one_tokenizer_shared_by_pipelines_in_threads(folders):
                                   truncation="only_second", max_length=48, stride=8)]))
     assert all(len(ids) <= 16 for ids in calls[0][2]) and len(calls[4][2][-1]) > 128  # the settings do differ
     hammer(calls)
-    assert tok.backend.truncation is None  # the shared backend was never changed
+    assert tok._backend.truncation is None  # the shared backend was never changed
     for n in range(20, 60, 2):  # many settings: a bounded number of copies is kept, results stay right
         assert [len(e.ids) for e in tok.encode_batch([LONG], truncation=True, max_length=n)] == [n]
     assert len(tok._truncating) <= MAX_TRUNCATING_COPIES

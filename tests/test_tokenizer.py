@@ -6,7 +6,7 @@ import shutil
 import pytest
 import transformers
 
-from lightpipe.tokenizer import Tokenizer
+from lightpipe.tokenization import load
 from tiny import bpe_tokenizer, sentences, wordpiece_tokenizer
 
 TEXTS = sentences(20, start=100) + ["Ünïcödé — naïve café ✓", "  spaced   out  ", "x"]
@@ -39,7 +39,7 @@ def reference(folder):
 def test_ids_and_offsets_match_transformers(folder, from_json, tmp_path):
     path, model_type = folder
     source = path if from_json else fallback_copy(path, tmp_path)
-    ours, theirs = Tokenizer.from_folder(source, model_type), reference(path)
+    ours, theirs = load(source, model_type), reference(path)
     for enc, text in zip(ours.encode_batch(TEXTS), TEXTS):
         expected = theirs(text, return_offsets_mapping=True)
         assert enc.ids == expected["input_ids"]
@@ -51,7 +51,7 @@ def test_ids_and_offsets_match_transformers(folder, from_json, tmp_path):
 @pytest.mark.parametrize("strategy", [True, "only_first", "only_second", "longest_first"])
 def test_truncation_strategies_match(folder, strategy):
     path, model_type = folder
-    ours, theirs = Tokenizer.from_folder(path, model_type), reference(path)
+    ours, theirs = load(path, model_type), reference(path)
     long_a, short_b = " ".join(TEXTS[:5]), TEXTS[-4]
     a, b = (short_b, long_a) if strategy == "only_second" else (long_a, short_b)
     got = ours.encode(a, b, truncation=strategy, max_length=24)
@@ -60,7 +60,7 @@ def test_truncation_strategies_match(folder, strategy):
 
 def test_overflowing_windows_match(folder):
     path, model_type = folder
-    ours, theirs = Tokenizer.from_folder(path, model_type), reference(path)
+    ours, theirs = load(path, model_type), reference(path)
     text = " ".join(TEXTS[:4])
     enc = ours.encode(text, truncation=True, max_length=20, stride=5)
     expected = theirs(text, truncation=True, max_length=20, stride=5, return_overflowing_tokens=True)["input_ids"]
@@ -69,7 +69,7 @@ def test_overflowing_windows_match(folder):
 
 def test_special_tokens_and_decode(folder):
     path, model_type = folder
-    ours, theirs = Tokenizer.from_folder(path, model_type), reference(path)
+    ours, theirs = load(path, model_type), reference(path)
     for name in ("cls", "sep", "pad", "mask", "unk", "bos", "eos"):
         assert getattr(ours, f"{name}_token_id") == getattr(theirs, f"{name}_token_id"), name
     assert ours.model_max_length == theirs.model_max_length
@@ -79,12 +79,34 @@ def test_special_tokens_and_decode(folder):
     assert ours.decode(ids, clean_up_tokenization_spaces=True) == theirs.decode(ids, clean_up_tokenization_spaces=True)
 
 
+def test_vocabulary_and_words_match_transformers(folder):
+    """What fill-mask and token-classification ask of a tokenizer: the vocabulary both ways, how
+    tokens join into a word's text, and whether tokens mark word continuations."""
+    path, model_type = folder
+    ours, theirs = load(path, model_type), reference(path)
+    assert ours.get_vocab() == theirs.get_vocab()
+    ids = theirs(TEXTS[5] + " " + TEXTS[-3])["input_ids"]
+    tokens = theirs.convert_ids_to_tokens(ids)
+    assert [ours.id_to_token(i) for i in ids] == tokens
+    assert [ours.token_to_id(t) for t in tokens] == ids
+    assert ours.tokens_to_string(tokens[1:-1]) == theirs.convert_tokens_to_string(tokens[1:-1])
+    assert ours.subword_prefix == ("##" if model_type == "bert" else None)
+
+
+def test_lowercased_copy(folder):
+    path, model_type = folder
+    ours = load(path, model_type)
+    lower = ours.lowercased()
+    assert lower.encode("HeLLo World, ÉTÉ").ids == ours.encode("hello world, été").ids
+    assert ours.encode("HeLLo").ids == load(path, model_type).encode("HeLLo").ids  # the original is unchanged
+
+
 def test_missing_tokenizer_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer in .*expected tokenizer.json, vocab.txt"):
-        Tokenizer.from_folder(tmp_path)
+        load(tmp_path)
 
 
 def test_bad_truncation_value(folder):
     path, model_type = folder
     with pytest.raises(ValueError, match="truncation"):
-        Tokenizer.from_folder(path, model_type).encode("hello", truncation="sideways")
+        load(path, model_type).encode("hello", truncation="sideways")

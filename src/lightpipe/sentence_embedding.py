@@ -326,19 +326,8 @@ def _transformer(folder: Path, entry: dict, tokenizer, limit: int, name: str):
 
 def _lowercasing(tokenizer, name: str):
     """A copy of `tokenizer` that lowercases before its own normalizer, as sentence-transformers
-    sets it up for do_lower_case (unless the normalizer already has a Lowercase step)."""
-    from tokenizers import Tokenizer as Backend
-    from tokenizers import normalizers
-
-    from .tokenizer import Tokenizer
-
-    if not isinstance(tokenizer, Tokenizer):
-        raise UnsupportedModuleError(f"{name}: do_lower_case needs a tokenizers-based tokenizer, "
-                                     f"not {type(tokenizer).__name__}")
-    current = tokenizer.backend.normalizer
-    parts = list(current) if isinstance(current, normalizers.Sequence) else [] if current is None else [current]
-    if any(isinstance(p, normalizers.Lowercase) for p in parts):
-        return tokenizer
-    backend = Backend.from_str(tokenizer.backend.to_str())
-    backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), *parts])
-    return Tokenizer(backend, tokenizer.config, tokenizer.model_type)
+    sets it up for do_lower_case."""
+    try:
+        return tokenizer.lowercased()
+    except NotImplementedError as e:
+        raise UnsupportedModuleError(f"{name}: do_lower_case: {e}") from None

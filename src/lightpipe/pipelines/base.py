@@ -52,9 +52,9 @@ class Pipeline:
 
     @classmethod
     def load_tokenizer(cls, folder, config: dict):
-        from ..tokenizer import Tokenizer
+        from ..tokenization import load
 
-        return Tokenizer.from_folder(folder, config.get("model_type"))
+        return load(folder, config.get("model_type"))
 
     # -- the public call -----------------------------------------------------------------
 

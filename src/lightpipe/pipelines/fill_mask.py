@@ -42,7 +42,7 @@ class FillMaskPipeline(Pipeline):
             targets = [targets]
         if not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
             raise TypeError("targets must be a string or a list of strings")
-        vocab = self.tokenizer.backend.get_vocab(with_added_tokens=True)
+        vocab = self.tokenizer.get_vocab()
         ids = []
         for target in targets:
             id_ = vocab.get(target)
@@ -53,7 +53,7 @@ class FillMaskPipeline(Pipeline):
                     continue
                 id_ = pieces[0]
                 warnings.warn(f"target {target!r} is not in the model vocabulary; using "
-                              f"{self.tokenizer.backend.id_to_token(id_)!r} instead")
+                              f"{self.tokenizer.id_to_token(id_)!r} instead")
             ids.append(id_)
         ids = list(set(ids))  # transformers dedups the same way (and so orders ties the same)
         if not ids:

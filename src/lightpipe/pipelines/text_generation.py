@@ -12,9 +12,10 @@ import threading
 
 import torch
 
-from ..chat import validate_messages
 from ..generation import generate
 from ..generation_config import GenerationConfig, pipeline_generation_config
+from ..tokenization.base import CLEANUPS
+from ..tokenization.chat import validate_messages
 from .base import Pipeline, check_positive_int
 
 DEFAULT_BATCH = 16  # prompts decoded together: weights are read once per step for all of them
@@ -282,13 +283,13 @@ class TextGenerationPipeline(Pipeline):
 
     def _is_byte_piece(self, token_id: int) -> bool:
         """A sentencepiece byte-fallback token (<0xE2>)."""
-        token = self.tokenizer.convert_ids_to_tokens([token_id])[0] or ""
+        token = self.tokenizer.id_to_token(token_id) or ""
         return len(token) == 6 and token.startswith("<0x") and token.endswith(">")
 
 
 # what transformers' clean_up_tokenization removes a space from; a tail of the text that could
 # grow into one of them may still lose its space
-_CLEANED = (" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're")
+_CLEANED = tuple(before for before, _ in CLEANUPS)
 
 
 def _stable_length(text: str) -> int:

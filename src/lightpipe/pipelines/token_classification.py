@@ -124,10 +124,6 @@ class TokenClassificationPipeline(Pipeline):
     def label(self, i: int) -> str:
         return self.id2label.get(int(i), f"LABEL_{int(i)}")
 
-    def tokens_to_string(self, tokens: list[str]) -> str:
-        decoder = self.tokenizer.backend.decoder
-        return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
-
     def gather_pre_entities(self, window: Window, scores: np.ndarray, strategy: str) -> list[dict]:
         """Per real token: its text piece, scores, offsets, and whether it continues a word.
 
@@ -135,8 +131,7 @@ class TokenClassificationPipeline(Pipeline):
         token is longer than its text; byte-level BPE doesn't, so (like transformers) a piece
         is a subword unless a space precedes it."""
         enc, text = window.encoding, window.text
-        model = self.tokenizer.backend.model
-        word_aware = bool(getattr(model, "continuing_subword_prefix", None))
+        word_aware = self.tokenizer.subword_prefix is not None
         if not word_aware and strategy in WORD_STRATEGIES:
             warnings.warn("Tokenizer does not support real words, using fallback heuristic", UserWarning, stacklevel=5)
         unk = self.tokenizer.unk_token_id
@@ -144,7 +139,7 @@ class TokenClassificationPipeline(Pipeline):
         for idx, (token_id, special, (start, end)) in enumerate(zip(enc.ids, enc.special_tokens_mask, enc.offsets)):
             if special:
                 continue
-            word = self.tokenizer.backend.id_to_token(token_id)
+            word = self.tokenizer.id_to_token(token_id)
             piece = text[start:end]
             if word_aware:
                 is_subword = len(word) != len(piece)
@@ -188,7 +183,7 @@ class TokenClassificationPipeline(Pipeline):
             scores = np.nanmean(np.stack([p["scores"] for p in pieces]), axis=0)
         best = scores.argmax()
         return {"entity": self.label(best), "score": scores[best],
-                "word": self.tokens_to_string([p["word"] for p in pieces]),
+                "word": self.tokenizer.tokens_to_string([p["word"] for p in pieces]),
                 "start": pieces[0]["start"], "end": pieces[-1]["end"]}
 
     def group_entities(self, entities: list[dict]) -> list[dict]:
@@ -209,7 +204,7 @@ class TokenClassificationPipeline(Pipeline):
     def group(self, entities: list[dict]) -> dict:
         return {"entity_group": entities[0]["entity"].split("-", 1)[-1],
                 "score": np.nanmean([e["score"] for e in entities]),
-                "word": self.tokens_to_string([e["word"] for e in entities]),
+                "word": self.tokenizer.tokens_to_string([e["word"] for e in entities]),
                 "start": entities[0]["start"], "end": entities[-1]["end"]}
 
 
