@@ -6,7 +6,7 @@ and `model.decoder.embed_tokens`, as in transformers, so any one of those names 
 fills all three: `save_pretrained` writes only `model.shared.weight`, some Hub checkpoints
 (bart-large-cnn) only `model.decoder.embed_tokens.weight`.
 
-The layers here are reused by marian.py (Marian's are BART's, copied).
+marian.py builds Marian from these layers and stacks, with its own position embeddings.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from .common import KVCache, activation, attention, merge_heads, padding_mask, split_heads
+from .common import (KVCache, activation, attention, clamp_fp16, decoder_mask, merge_heads, padding_bias, padding_mask,
+                     split_heads)
 
 
 @dataclass
@@ -81,14 +82,6 @@ def residual(x, norm, f, prenorm: bool):
     return x + f(norm(x)) if prenorm else norm(x + f(x))
 
 
-def clamp_fp16(x):
-    # transformers clamps fp16 activations that overflowed, so a long input doesn't turn into inf/NaN
-    if x.dtype == torch.float16:
-        limit = torch.finfo(torch.float16).max - 1000
-        x = x.clamp(-limit, limit)
-    return x
-
-
 class EncoderLayer(nn.Module):
     def __init__(self, d_model, n_heads, ffn_dim, act: str, prenorm: bool):
         super().__init__()
@@ -143,34 +136,6 @@ class DecoderLayer(nn.Module):
         return residual(x, self.final_layer_norm, lambda h: self.fc2(self.act(self.fc1(h))), self.prenorm)
 
 
-def decoder_self_mask(T: int, past: int, attention_mask, dtype, device):
-    """(mask, causal) for T new queries at positions [past, past + T) over past + T keys.
-
-    SDPA's `is_causal` aligns the triangle top-left, which is only right when there is no past;
-    a single new token sees everything and needs no mask at all.
-    """
-    if attention_mask is None or bool(attention_mask.all()):
-        if T == 1:
-            return None, False
-        if past == 0:
-            return None, True
-    keys = torch.arange(past + T, device=device)
-    allowed = keys[None, :] <= torch.arange(past, past + T, device=device)[:, None]  # (T, past + T)
-    allowed = allowed[None, None]  # (1, 1, T, K)
-    if attention_mask is not None:  # (B, K) padding of the decoder inputs
-        allowed = allowed & attention_mask[:, None, None, :].bool()
-    # built as one boolean, converted once: adding two finfo.min masks would overflow to -inf
-    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min), False
-
-
-def cross_mask(encoder_mask, dtype):
-    """(B, S) 1/0 → additive (B, 1, 1, S), built on every decode step: unlike padding_mask() it
-    doesn't ask the device whether anything is padded, which would stall each step on a sync."""
-    if encoder_mask is None:
-        return None
-    return (1.0 - encoder_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-
-
 def shift_tokens_right(input_ids, cfg: Config):
     """Decoder inputs for a denoising pass over `input_ids`, as transformers builds them.
 
@@ -190,57 +155,71 @@ def shift_tokens_right(input_ids, cfg: Config):
 # ----------------------------------------------------------------------------- the stacks
 
 
-class Encoder(nn.Module):
-    def __init__(self, cfg: Config, embed_tokens: nn.Embedding):
+class LearnedPositions(nn.Embedding):
+    """BART's position table. fairseq reserved two rows (pad and an unused one), so position p
+    lives at row p + 2."""
+
+    def __init__(self, n_positions: int, dim: int):
+        super().__init__(n_positions + 2, dim)
+
+    def forward(self, start: int, length: int) -> torch.Tensor:
+        # a lookup, not a slice: a position past the table is an IndexError, not a short slice
+        return super().forward(torch.arange(start + 2, start + 2 + length, device=self.weight.device))  # (T, D)
+
+
+class Stack(nn.Module):
+    """What the encoder and the decoder share: token embeddings (times sqrt(d_model) where the
+    config says so) plus `embed_positions` (a module: (start, length) → (T, D) — learned here,
+    sinusoidal in Marian), an optional layernorm_embedding (BART's, not Marian's), the layers, and
+    a final layer_norm for pre-norm models (mBART)."""
+
+    def __init__(self, cfg: Config, embed_tokens: nn.Embedding, embed_positions: nn.Module, layers: list[nn.Module],
+                 layernorm_embedding: bool):
         super().__init__()
         self.embed_tokens = embed_tokens
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
-        # fairseq reserved two rows (pad and an unused one), so position p lives at row p + 2
-        self.embed_positions = nn.Embedding(cfg.max_position_embeddings + 2, cfg.d_model)
-        self.layernorm_embedding = nn.LayerNorm(cfg.d_model)
-        self.layers = nn.ModuleList(
-            EncoderLayer(cfg.d_model, cfg.encoder_attention_heads, cfg.encoder_ffn_dim, cfg.activation_function,
-                         cfg.prenorm)
-            for _ in range(cfg.encoder_layers)
-        )
+        self.embed_positions = embed_positions
+        self.layernorm_embedding = nn.LayerNorm(cfg.d_model) if layernorm_embedding else None
+        self.layers = nn.ModuleList(layers)
         self.layer_norm = nn.LayerNorm(cfg.d_model) if cfg.prenorm else None
 
-    def forward(self, input_ids, attention_mask=None):
-        S = input_ids.shape[1]
-        positions = torch.arange(2, S + 2, device=input_ids.device)
-        x = self.embed_tokens(input_ids) * self.embed_scale + self.embed_positions(positions)
-        x = self.layernorm_embedding(x)
-        mask = padding_mask(attention_mask, x.dtype)  # (B, 1, 1, S)
-        for layer in self.layers:
-            x = layer(x, mask)
+    def embed(self, input_ids, past: int = 0):
+        x = self.embed_tokens(input_ids) * self.embed_scale + self.embed_positions(past, input_ids.shape[1])
+        return self.layernorm_embedding(x) if self.layernorm_embedding is not None else x
+
+    def final_norm(self, x):
         return self.layer_norm(x) if self.layer_norm is not None else x
 
 
-class Decoder(nn.Module):
-    def __init__(self, cfg: Config, embed_tokens: nn.Embedding):
-        super().__init__()
-        self.embed_tokens = embed_tokens
-        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
-        self.embed_positions = nn.Embedding(cfg.max_position_embeddings + 2, cfg.d_model)
-        self.layernorm_embedding = nn.LayerNorm(cfg.d_model)
-        self.layers = nn.ModuleList(
-            DecoderLayer(cfg.d_model, cfg.decoder_attention_heads, cfg.decoder_ffn_dim, cfg.activation_function,
-                         cfg.prenorm)
-            for _ in range(cfg.decoder_layers)
-        )
-        self.layer_norm = nn.LayerNorm(cfg.d_model) if cfg.prenorm else None
+class Encoder(Stack):
+    def __init__(self, cfg: Config, embed_tokens: nn.Embedding, embed_positions: nn.Module, layernorm_embedding: bool = True):
+        layers = [EncoderLayer(cfg.d_model, cfg.encoder_attention_heads, cfg.encoder_ffn_dim, cfg.activation_function,
+                               cfg.prenorm) for _ in range(cfg.encoder_layers)]
+        super().__init__(cfg, embed_tokens, embed_positions, layers, layernorm_embedding)
+
+    def forward(self, input_ids, attention_mask=None):
+        x = self.embed(input_ids)
+        mask = padding_mask(attention_mask, x.dtype)  # (B, 1, 1, S)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.final_norm(x)
+
+
+class Decoder(Stack):
+    def __init__(self, cfg: Config, embed_tokens: nn.Embedding, embed_positions: nn.Module, layernorm_embedding: bool = True):
+        layers = [DecoderLayer(cfg.d_model, cfg.decoder_attention_heads, cfg.decoder_ffn_dim, cfg.activation_function,
+                               cfg.prenorm) for _ in range(cfg.decoder_layers)]
+        super().__init__(cfg, embed_tokens, embed_positions, layers, layernorm_embedding)
 
     def forward(self, input_ids, encoder_hidden, encoder_mask=None, cache=None, attention_mask=None):
         T = input_ids.shape[1]
         past = cache.length if cache is not None else 0
-        positions = torch.arange(past + 2, past + T + 2, device=input_ids.device)
-        x = self.embed_tokens(input_ids) * self.embed_scale + self.embed_positions(positions)
-        x = self.layernorm_embedding(x)
-        self_mask, causal = decoder_self_mask(T, past, attention_mask, x.dtype, x.device)
-        enc_mask = cross_mask(encoder_mask, x.dtype)  # (B, 1, 1, S)
+        x = self.embed(input_ids, past)
+        self_mask, causal = decoder_mask(attention_mask, T, past, x.dtype, x.device)
+        enc_mask = padding_bias(encoder_mask, x.dtype) if encoder_mask is not None else None  # (B, 1, 1, S)
         for i, layer in enumerate(self.layers):
             x = layer(x, i, self_mask, causal, encoder_hidden, enc_mask, cache)
-        return self.layer_norm(x) if self.layer_norm is not None else x
+        return self.final_norm(x)
 
 
 # ----------------------------------------------------------------------------- models and heads
@@ -255,8 +234,8 @@ class BartModel(nn.Module):
         super().__init__()
         self.config = cfg
         self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model, cfg.pad_token_id)
-        self.encoder = Encoder(cfg, self.shared)
-        self.decoder = Decoder(cfg, self.shared)
+        self.encoder = Encoder(cfg, self.shared, LearnedPositions(cfg.max_position_embeddings, cfg.d_model))
+        self.decoder = Decoder(cfg, self.shared, LearnedPositions(cfg.max_position_embeddings, cfg.d_model))
         # aliases of one module: the checkpoint needs only one of these names
         self.tied_weights = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
 

@@ -29,15 +29,20 @@ def activation(name: str):
         raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
 
 
-def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(B, S) 1/0 mask → additive (B, 1, 1, S) mask for SDPA, or None when nothing is padded.
+def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, S) 1/0 mask → additive (B, 1, 1, S) mask, always built: a decode step's cross-attention
+    mask can't ask the device whether anything is padded without stalling on a sync.
 
     Additive (not boolean) because a fully masked row must not turn into NaN in SDPA.
     """
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """padding_bias(), or None when nothing is padded (SDPA's fast path; one host sync)."""
     if attention_mask is None or bool(attention_mask.all()):
         return None
-    mask = attention_mask[:, None, None, :].to(dtype)
-    return (1.0 - mask) * torch.finfo(dtype).min
+    return padding_bias(attention_mask, dtype)
 
 
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -91,13 +96,25 @@ class KVCache:
         self.cross = {i: (k.index_select(0, index), v.index_select(0, index)) for i, (k, v) in self.cross.items()}
 
 
-def decoder_mask(attention_mask, q_len: int, past: int, dtype, window: int | None = None):
+def causal_allowed(q_len: int, past: int, device, window: int | None = None) -> torch.Tensor:
+    """(1, 1, T, S) booleans: which of the past + q_len keys each of the q_len new queries (at
+    positions [past, past + q_len)) may see — itself and earlier ones, within an optional sliding
+    `window` (key j visible from query i when i - window < j <= i, in cache slots)."""
+    q = torch.arange(past, past + q_len, device=device)[:, None]
+    k = torch.arange(past + q_len, device=device)[None, :]
+    allowed = k <= q  # (T, S)
+    if window is not None:
+        allowed = allowed & (k > q - window)
+    return allowed[None, None]
+
+
+def decoder_mask(attention_mask, q_len: int, past: int, dtype, device, window: int | None = None):
     """Self-attention mask for `q_len` new queries after `past` cached positions.
 
     Returns (mask, is_causal) for `attention()`: no mask at all when SDPA can do it alone (no
-    padding: a single decode step sees every key, a fresh prefill is plainly causal), else an
-    additive (B|1, 1, T, S) mask combining causality, the 1/0 `attention_mask` (B, S) and an
-    optional sliding `window` (key j visible from query i when i - window < j <= i, in cache slots).
+    padding: a single decode step sees every key; a fresh prefill is plainly causal, while with a
+    past SDPA's `is_causal` would align the triangle top-left, which is wrong), else an additive
+    (B|1, 1, T, S) mask combining causality, the 1/0 `attention_mask` (B, S) and the `window`.
     """
     total = past + q_len
     if attention_mask is None and (window is None or total <= window):
@@ -105,17 +122,20 @@ def decoder_mask(attention_mask, q_len: int, past: int, dtype, window: int | Non
             return None, False
         if past == 0:
             return None, True
-    device = attention_mask.device if attention_mask is not None else None
-    q = torch.arange(past, total, device=device)[:, None]
-    k = torch.arange(total, device=device)[None, :]
-    allowed = k <= q  # (T, S)
-    if window is not None:
-        allowed = allowed & (k > q - window)
-    allowed = allowed[None, None]
+    allowed = causal_allowed(q_len, past, device, window)
     if attention_mask is not None:
         allowed = allowed & attention_mask[:, None, None, :total].bool()
+    # built as one boolean, converted once: adding two finfo.min masks would overflow to -inf
     zero = torch.zeros((), dtype=dtype, device=device)
     return torch.where(allowed, zero, torch.finfo(dtype).min), False
+
+
+def clamp_fp16(x: torch.Tensor) -> torch.Tensor:
+    # transformers clamps fp16 activations that overflowed (BART, T5), so a long input doesn't turn into inf/NaN
+    if x.dtype == torch.float16:
+        limit = torch.finfo(torch.float16).max - 1000
+        x = x.clamp(-limit, limit)
+    return x
 
 
 def padded_positions(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:

@@ -146,7 +146,7 @@ class GPT2Model(nn.Module):
         else:
             pos = self.wpe(position_ids)
         x = self.wte(input_ids) + pos
-        mask, is_causal = decoder_mask(attention_mask, T, past, x.dtype)
+        mask, is_causal = decoder_mask(attention_mask, T, past, x.dtype, x.device)
         for block in self.h:
             x = block(x, mask, is_causal, cache)
         if cache is not None:

@@ -228,7 +228,7 @@ class LlamaModel(nn.Module):
                 position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(position_ids, x.dtype)
-        masks = {w: decoder_mask(attention_mask, T, past, x.dtype, w) for w in set(self.windows)}
+        masks = {w: decoder_mask(attention_mask, T, past, x.dtype, x.device, w) for w in set(self.windows)}
         for layer, window in zip(self.layers, self.windows):
             x = layer(x, cos, sin, *masks[window], cache)
         if cache is not None:

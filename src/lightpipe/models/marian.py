@@ -1,5 +1,6 @@
-"""Marian (Helsinki-NLP opus-mt): BART's post-norm layers with fixed sinusoidal positions,
-no layernorm_embedding, and optionally separate encoder/decoder vocabularies.
+"""Marian (Helsinki-NLP opus-mt): BART's post-norm encoder and decoder (bart.py's stacks) with
+fixed sinusoidal positions, no layernorm_embedding, and optionally separate encoder/decoder
+vocabularies.
 
 The position table is not a weight: `save_pretrained` leaves it out (older Hub checkpoints
 carry it; `sanitize` drops it) and the model computes it exactly as transformers does.
@@ -7,40 +8,30 @@ carry it; `sanitize` drops it) and the model computes it exactly as transformers
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .bart import DecoderLayer, EncoderLayer, Seq2SeqLM, cross_mask, decoder_self_mask
-from .common import padding_mask
+from .bart import Config as BartConfig
+from .bart import Decoder, Encoder, Seq2SeqLM
 
 
 @dataclass
-class Config:
+class Config(BartConfig):
+    """BART's, with Marian's defaults and its own target vocabulary size."""
+
+    model_type: str = "marian"  # post-norm, as BART (BartConfig.prenorm)
     vocab_size: int = 58101
     decoder_vocab_size: int | None = None
-    d_model: int = 1024
-    encoder_layers: int = 12
-    decoder_layers: int = 12
-    encoder_attention_heads: int = 16
-    decoder_attention_heads: int = 16
-    encoder_ffn_dim: int = 4096
-    decoder_ffn_dim: int = 4096
-    max_position_embeddings: int = 1024
-    activation_function: str = "gelu"
-    scale_embedding: bool = False
     share_encoder_decoder_embeddings: bool = True
-    tie_word_embeddings: bool = True
     pad_token_id: int = 58100
     eos_token_id: int = 0
     decoder_start_token_id: int = 58100
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        names = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in d.items() if k in names and v is not None})
+        cfg = super().from_dict({k: v for k, v in d.items() if v is not None})  # a null keeps Marian's default
         cfg.decoder_vocab_size = cfg.decoder_vocab_size or cfg.vocab_size
         return cfg
 
@@ -63,50 +54,15 @@ def sinusoidal_positions(n_positions: int, dim: int) -> torch.Tensor:
     return table.float()
 
 
-class Encoder(nn.Module):
-    def __init__(self, cfg: Config, embed_tokens: nn.Embedding):
+class SinusoidalPositions(nn.Module):
+    def __init__(self, n_positions: int, dim: int):
         super().__init__()
-        self.embed_tokens = embed_tokens
-        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
         # built on the CPU even when the model is built on the meta device: it is not in the
         # checkpoint, and a meta buffer could not be moved by the loader's .to()
-        table = sinusoidal_positions(cfg.max_position_embeddings, cfg.d_model)
-        self.register_buffer("embed_positions", table, persistent=False)
-        self.layers = nn.ModuleList(
-            EncoderLayer(cfg.d_model, cfg.encoder_attention_heads, cfg.encoder_ffn_dim, cfg.activation_function, False)
-            for _ in range(cfg.encoder_layers)
-        )
+        self.register_buffer("table", sinusoidal_positions(n_positions, dim), persistent=False)
 
-    def forward(self, input_ids, attention_mask=None):
-        S = input_ids.shape[1]
-        x = self.embed_tokens(input_ids) * self.embed_scale + self.embed_positions[:S]
-        mask = padding_mask(attention_mask, x.dtype)  # (B, 1, 1, S)
-        for layer in self.layers:
-            x = layer(x, mask)
-        return x
-
-
-class Decoder(nn.Module):
-    def __init__(self, cfg: Config, embed_tokens: nn.Embedding):
-        super().__init__()
-        self.embed_tokens = embed_tokens
-        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
-        table = sinusoidal_positions(cfg.max_position_embeddings, cfg.d_model)
-        self.register_buffer("embed_positions", table, persistent=False)
-        self.layers = nn.ModuleList(
-            DecoderLayer(cfg.d_model, cfg.decoder_attention_heads, cfg.decoder_ffn_dim, cfg.activation_function, False)
-            for _ in range(cfg.decoder_layers)
-        )
-
-    def forward(self, input_ids, encoder_hidden, encoder_mask=None, cache=None, attention_mask=None):
-        T = input_ids.shape[1]
-        past = cache.length if cache is not None else 0
-        x = self.embed_tokens(input_ids) * self.embed_scale + self.embed_positions[past : past + T]
-        self_mask, causal = decoder_self_mask(T, past, attention_mask, x.dtype, x.device)
-        enc_mask = cross_mask(encoder_mask, x.dtype)  # (B, 1, 1, S)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, i, self_mask, causal, encoder_hidden, enc_mask, cache)
-        return x
+    def forward(self, start: int, length: int) -> torch.Tensor:
+        return self.table[start : start + length]  # (T, D)
 
 
 class MarianModel(nn.Module):
@@ -127,8 +83,9 @@ class MarianModel(nn.Module):
             enc_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, cfg.pad_token_id)
             dec_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, cfg.pad_token_id)
             self.tied_weights = []
-        self.encoder = Encoder(cfg, enc_embed)
-        self.decoder = Decoder(cfg, dec_embed)
+        positions = cfg.max_position_embeddings, cfg.d_model
+        self.encoder = Encoder(cfg, enc_embed, SinusoidalPositions(*positions), layernorm_embedding=False)
+        self.decoder = Decoder(cfg, dec_embed, SinusoidalPositions(*positions), layernorm_embedding=False)
 
     def tie_weights(self):
         if self.encoder.embed_tokens.weight.is_meta or self.decoder.embed_tokens.weight.is_meta:

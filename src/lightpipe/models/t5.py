@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from .common import KVCache, activation, attention, merge_heads, split_heads
+from .common import KVCache, activation, attention, causal_allowed, clamp_fp16, merge_heads, padding_bias, split_heads
 
 
 @dataclass
@@ -64,14 +64,6 @@ class RMSNorm(nn.Module):
         variance = x.float().pow(2).mean(-1, keepdim=True)
         x = x * torch.rsqrt(variance + self.eps)
         return self.weight * x.to(self.weight.dtype)
-
-
-def clamp_fp16(x):
-    # transformers clamps fp16 activations after each sublayer so T5 doesn't overflow to inf
-    if x.dtype == torch.float16:
-        limit = torch.finfo(torch.float16).max - 1000
-        x = x.clamp(-limit, limit)
-    return x
 
 
 def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int, max_distance: int):
@@ -194,6 +186,7 @@ class Block(nn.Module):
         self.layer = nn.ModuleList(layers)
 
     def forward(self, x, bias, i, encoder_hidden=None, cross_mask=None, cache=None):
+        # transformers clamps fp16 activations after each sublayer so T5 doesn't overflow to inf
         x = clamp_fp16(self.layer[0](x, bias, i, cache))
         if self.is_decoder:
             x = clamp_fp16(self.layer[1](x, encoder_hidden, cross_mask, i, cache))
@@ -215,19 +208,16 @@ class Stack(nn.Module):
         past = cache.length if cache is not None else 0
         # one bias for the whole stack, masks folded in (SDPA takes it as an additive mask)
         bias = self.block[0].layer[0].SelfAttention.position_bias(past, T, past + T, x.device).to(x.dtype)
-        allowed = None
-        if self.is_decoder and T > 1:  # a single new token may see every key
-            keys = torch.arange(past + T, device=x.device)
-            queries = torch.arange(past, past + T, device=x.device)
-            allowed = (keys[None, :] <= queries[:, None])[None, None]  # (1, 1, T, K)
+        # a single new token may see every key
+        allowed = causal_allowed(T, past, x.device) if self.is_decoder and T > 1 else None  # (1, 1, T, K)
         if attention_mask is not None and not bool(attention_mask.all()):
             pad = attention_mask[:, None, None, :].bool()  # (B, 1, 1, K)
             allowed = pad if allowed is None else allowed & pad
         if allowed is not None:
             bias = bias.masked_fill(~allowed, torch.finfo(x.dtype).min)  # (B or 1, H, T, K)
         enc_mask = None
-        if self.is_decoder and encoder_mask is not None:  # (B, 1, 1, S); no host sync per decode step
-            enc_mask = (1.0 - encoder_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        if self.is_decoder and encoder_mask is not None:  # (B, 1, 1, S)
+            enc_mask = padding_bias(encoder_mask, x.dtype)
         for i, block in enumerate(self.block):
             x = block(x, bias, i, encoder_hidden, enc_mask, cache)
         return self.final_layer_norm(x)
