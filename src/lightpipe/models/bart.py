@@ -192,7 +192,8 @@ class Stack(nn.Module):
 
 
 class Encoder(Stack):
-    def __init__(self, cfg: Config, embed_tokens: nn.Embedding, embed_positions: nn.Module, layernorm_embedding: bool = True):
+    def __init__(self, cfg: Config, embed_tokens: nn.Embedding, embed_positions: nn.Module,
+                 layernorm_embedding: bool = True):
         layers = [EncoderLayer(cfg.d_model, cfg.encoder_attention_heads, cfg.encoder_ffn_dim, cfg.activation_function,
                                cfg.prenorm) for _ in range(cfg.encoder_layers)]
         super().__init__(cfg, embed_tokens, embed_positions, layers, layernorm_embedding)
@@ -206,7 +207,8 @@ class Encoder(Stack):
 
 
 class Decoder(Stack):
-    def __init__(self, cfg: Config, embed_tokens: nn.Embedding, embed_positions: nn.Module, layernorm_embedding: bool = True):
+    def __init__(self, cfg: Config, embed_tokens: nn.Embedding, embed_positions: nn.Module,
+                 layernorm_embedding: bool = True):
         layers = [DecoderLayer(cfg.d_model, cfg.decoder_attention_heads, cfg.decoder_ffn_dim, cfg.activation_function,
                                cfg.prenorm) for _ in range(cfg.decoder_layers)]
         super().__init__(cfg, embed_tokens, embed_positions, layers, layernorm_embedding)
