@@ -274,6 +274,54 @@ def test_openai_chat_and_completions(server, folders, direct):
     assert raw.rstrip().endswith("data: [DONE]")
 
 
+def sse_events(text: str) -> list[dict]:
+    return [json.loads(line[len("data: "):]) for line in text.splitlines()
+            if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+@pytest.mark.parametrize("stopped", [False, True])
+def test_finish_reasons_and_stop_strings_agree_on_every_generation_route(server, folders, direct, stopped):
+    """TGI (plain with details, streamed) and OpenAI (plain, streamed) cut at the same stop string
+    and give the same finish reason, each in its API's words."""
+    gpt, prompt, limit = name(folders, "gpt"), "The assert statement", 10
+    full = direct["gpt"](prompt, do_sample=False, max_new_tokens=limit, return_full_text=False)[0]["generated_text"]
+    at = len(full) // 2
+    stop = [full[at:at + 3]] if stopped else []
+    text = full[:full.find(stop[0])] if stopped else full
+    tgi_reason, openai_reason = ("stop_sequence", "stop") if stopped else ("length", "length")
+    params = {"max_new_tokens": limit, "stop": stop, "details": True}
+
+    plain = post(server, f"/models/{gpt}", {"inputs": prompt, "parameters": params}).json()[0]
+    assert (plain["generated_text"], plain["details"]["finish_reason"]) == (text, tgi_reason)
+    events = sse_events(post(server, f"/models/{gpt}", {"inputs": prompt, "parameters": params, "stream": True}).text)
+    assert "".join(e["token"]["text"] for e in events) == text
+    assert (events[-1]["generated_text"], events[-1]["details"]["finish_reason"]) == (text, tgi_reason)
+
+    body = {"model": str(folders["gpt"]), "prompt": prompt, "max_tokens": limit, "temperature": 0, "stop": stop}
+    choice = post(server, "/v1/completions", body).json()["choices"][0]
+    assert (choice["text"], choice["finish_reason"]) == (text, openai_reason)
+    chunks = sse_events(post(server, "/v1/completions", {**body, "stream": True}).text)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == text
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + [openai_reason]
+
+
+def test_finish_reason_is_eos_token_below_the_limit():
+    from types import SimpleNamespace
+
+    from lightpipe.server.generate import OPENAI_FINISH_REASONS, finish_reason
+
+    class Words:  # one token a word
+        def encode(self, text, add_special_tokens=True):
+            return SimpleNamespace(ids=text.split())
+
+    served = SimpleNamespace(pipeline=SimpleNamespace(tokenizer=Words()))
+    assert finish_reason(served, "a b c", False, {"max_new_tokens": 5}) == ("eos_token", 3)
+    assert finish_reason(served, "a b c", False, {"max_new_tokens": 3}) == ("length", 3)
+    assert finish_reason(served, "a b c", False, {}) == ("eos_token", 3)
+    assert finish_reason(served, "a b c", True, {"max_new_tokens": 3}) == ("stop_sequence", 3)
+    assert {OPENAI_FINISH_REASONS[r] for r in ("eos_token", "stop_sequence")} == {"stop"}
+
+
 def test_seeded_sampling_is_the_same_alone_and_under_load(server, folders):
     """A request's seed gives the text the pipeline gives with that seed alone, while other
     requests sample (seeded, unseeded, streamed) at the same time: requests with the same seed

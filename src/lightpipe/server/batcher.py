@@ -126,10 +126,6 @@ class Batcher:
     def depth(self) -> int:
         return len(self._pending) + len(self._new_streams)
 
-    @property
-    def active_streams(self) -> int:
-        return len(self._streams)
-
     def close(self) -> None:
         with self._cond:
             self._closed = True

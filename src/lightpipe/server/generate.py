@@ -1,8 +1,12 @@
 """Generation requests, shared by the HF Inference API (TGI-style parameters) and the OpenAI
 routes: their knobs → the pipeline's transformers-style keywords, stop strings (cut on the
-server), and the token stream."""
+server), why a generation finished, and the token stream as server-sent events."""
 
 from __future__ import annotations
+
+import json
+
+from starlette.responses import StreamingResponse
 
 from . import errors
 from .common import run
@@ -82,6 +86,17 @@ class StopWatcher:
         return out
 
 
+async def until_stop(stream, watcher: StopWatcher):
+    """The stream's text as it may be sent: held back while it could be the start of a stop string,
+    ended at one (then `watcher.stopped`) or with the stream. The tail still held is `watcher.flush()`."""
+    async for piece in stream:
+        out = watcher.feed(piece)
+        if out:
+            yield out
+        if watcher.stopped:
+            return
+
+
 def text_of(result) -> str:
     """The generated text of one transformers-shaped output ({generated_text | summary_text |
     translation_text}); for chat input, the assistant's reply."""
@@ -104,6 +119,20 @@ def count_new_tokens(served: Served, text: str) -> int:
         return len(served.pipeline.tokenizer.encode(text, add_special_tokens=False).ids)
     except Exception:
         return max(1, len(text) // 4) if text else 0
+
+
+# OpenAI's finish_reason says "stop" for a stop string and for the end-of-sequence token alike
+OPENAI_FINISH_REASONS = {"stop_sequence": "stop", "eos_token": "stop", "length": "length"}
+
+
+def finish_reason(served: Served, text: str, stopped: bool, options: dict) -> tuple[str, int]:
+    """Why a generation of `text` ended, in TGI's words, and how many tokens it made:
+    "stop_sequence" (cut at a stop string), "length" (max_new_tokens reached), else "eos_token"."""
+    used = count_new_tokens(served, text)
+    if stopped:
+        return "stop_sequence", used
+    limit = options.get("max_new_tokens")
+    return ("length" if limit and used >= limit else "eos_token"), used
 
 
 async def generate(served: Served, prompts: list, options: dict, seed=None) -> tuple[list, int]:
@@ -129,3 +158,12 @@ def open_stream(served: Served, prompt, options: dict, seed: int | None = None):
         return pipe.stream(prompt, **options)
 
     return served.batcher.stream(make)
+
+
+def sse(obj) -> str:
+    """One server-sent event carrying `obj` as JSON."""
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def sse_response(events) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -20,15 +20,12 @@ level = embeddings); otherwise the first model given at start-up.
 
 from __future__ import annotations
 
-import json
-
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
 
 from . import errors
 from .common import (boolean, check_batch, embed, json_response, options_of, read_json, run, state, texts)
-from .generate import (PASS_THROUGH, UNSUPPORTED, StopWatcher, count_new_tokens, cut_at_stop, generate,
-                       generation_options, open_stream, sampling, stops_of, text_of, unsupported_error)
+from .generate import (PASS_THROUGH, UNSUPPORTED, StopWatcher, cut_at_stop, finish_reason, generate, generation_options,
+                       open_stream, sampling, sse, sse_response, stops_of, text_of, unsupported_error, until_stop)
 from .registry import EMBEDDING_TASKS, Served, check_ready
 
 # parameter names each task's API spec has: used to route `POST /` when several models are served
@@ -260,15 +257,13 @@ async def text_generation(st, served: Served, body: dict):
         text, stopped = cut_at_stop(text_of(result), stop)
         entry = {"generated_text": text}
         if details:
-            n = count_new_tokens(served, text)
-            limit = options.get("max_new_tokens")
-            reason = "stop_sequence" if stopped else "length" if limit and n >= limit else "eos_token"
+            reason, n = finish_reason(served, text, stopped, options)
             entry["details"] = {"finish_reason": reason, "generated_tokens": n, "seed": seed, "prefill": [], "tokens": []}
         out.append(entry)
     return json_response(out)
 
 
-def tgi_stream(served: Served, prompt: str, options: dict, stop: list[str], seed) -> StreamingResponse:
+def tgi_stream(served: Served, prompt: str, options: dict, stop: list[str], seed):
     """TGI's stream: one `data: {"index", "token": {...}, "generated_text": null}` event per
     piece; the last carries the whole text and details."""
     stream = open_stream(served, prompt, options, seed)
@@ -276,33 +271,21 @@ def tgi_stream(served: Served, prompt: str, options: dict, stop: list[str], seed
     async def events():
         watcher, text, index = StopWatcher(stop), "", 0
         try:
-            async for piece in stream:
-                out = watcher.feed(piece)
-                if out:
-                    text += out
-                    index += 1
-                    yield sse({"index": index, "token": {"id": index, "text": out, "logprob": 0.0, "special": False},
-                               "generated_text": None, "details": None})
-                if watcher.stopped:
-                    break
+            async for out in until_stop(stream, watcher):
+                text += out
+                index += 1
+                yield sse({"index": index, "token": {"id": index, "text": out, "logprob": 0.0, "special": False},
+                           "generated_text": None, "details": None})
             tail = watcher.flush()
             text += tail
-            reason = "stop_sequence" if watcher.stopped else "length"
-            n = count_new_tokens(served, text)
-            limit = options.get("max_new_tokens")
-            if not watcher.stopped and not (limit and n >= limit):
-                reason = "eos_token"
+            reason, n = finish_reason(served, text, watcher.stopped, options)
             yield sse({"index": index + 1, "token": {"id": index + 1, "text": tail, "logprob": 0.0, "special": True},
                        "generated_text": text, "details": {"finish_reason": reason, "generated_tokens": n, "seed": seed}})
         except Exception as e:
             err = errors.from_exception(e)
             yield sse({"error": err.message, "error_type": err.error_type})
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def sse(obj) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+    return sse_response(events())
 
 
 HANDLERS = {

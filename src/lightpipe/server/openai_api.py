@@ -4,17 +4,15 @@
 from __future__ import annotations
 
 import base64
-import json
 import time
 import uuid
 
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
 
 from . import errors
 from .common import check_batch, embedding_model, embed, json_response, positive_int, read_json, state
-from .generate import (StopWatcher, count_new_tokens, cut_at_stop, generate, generation_options, open_stream,
-                       sampling, stops_of, text_of)
+from .generate import (OPENAI_FINISH_REASONS, StopWatcher, cut_at_stop, finish_reason, generate, generation_options,
+                       open_stream, sampling, sse, sse_response, stops_of, text_of, until_stop)
 from .registry import GENERATION_TASKS
 
 
@@ -149,9 +147,9 @@ async def complete(request: Request, chat: bool):
         sequences = result if isinstance(result, list) else [result]
         for seq in sequences[:n]:
             text, stopped = cut_at_stop(text_of(seq), stop)
-            used = count_new_tokens(served, text)
+            reason, used = finish_reason(served, text, stopped, options)
+            reason = OPENAI_FINISH_REASONS[reason]
             completion_tokens += used
-            reason = "stop" if stopped or not (options.get("max_new_tokens") and used >= options["max_new_tokens"]) else "length"
             i = len(choices)
             if chat:
                 choices.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
@@ -184,21 +182,15 @@ def stream_response(served, prompt, options, stop, seed, chat: bool, rid: str, i
         try:
             if chat:
                 yield chunk(None, first=True)
-            async for piece in stream:
-                out = watcher.feed(piece)
-                if out:
-                    text += out
-                    yield chunk(out)
-                if watcher.stopped:
-                    break
+            async for out in until_stop(stream, watcher):
+                text += out
+                yield chunk(out)
             tail = watcher.flush()
             if tail:
                 text += tail
                 yield chunk(tail)
-            used = count_new_tokens(served, text)
-            limit = options.get("max_new_tokens")
-            reason = "length" if not watcher.stopped and limit and used >= limit else "stop"
-            yield chunk(None, reason)
+            reason, used = finish_reason(served, text, watcher.stopped, options)
+            yield chunk(None, OPENAI_FINISH_REASONS[reason])
             if include_usage:
                 prompt_tokens = _prompt_tokens(served, prompt, options)
                 yield sse({"id": rid, "object": kind, "created": created, "model": served.id, "choices": [],
@@ -209,14 +201,10 @@ def stream_response(served, prompt, options, stop, seed, chat: bool, rid: str, i
             yield sse({"error": {"message": err.message, "type": err.error_type}, "error_type": err.error_type})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return sse_response(events())
 
 
 def _prompt_tokens(served, prompt, options: dict) -> int:
     from .batcher import count_tokens
 
     return count_tokens(served.pipeline, [prompt], options)
-
-
-def sse(obj) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
