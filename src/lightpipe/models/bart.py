@@ -53,6 +53,11 @@ class Config:
     def prenorm(self) -> bool:
         return self.model_type == "mbart"
 
+    @property
+    def target_vocab_size(self) -> int:
+        """The output vocabulary (Marian's may be its own)."""
+        return self.vocab_size
+
 
 # ----------------------------------------------------------------------------- building blocks
 
@@ -256,11 +261,35 @@ def _prefixed(names, prefix):
     return [f"{prefix}.{n}" for n in names]
 
 
-class Seq2SeqLM:
-    """The engine's encoder-decoder protocol (see generation.py) for a model with `.model.encoder`,
-    `.model.decoder`, `.lm_head` and `.final_logits_bias`: BART's and Marian's."""
+class BartForConditionalGeneration(nn.Module):
+    """BartModel + lm_head + final_logits_bias, with the engine's encoder-decoder protocol (see
+    generation.py). Marian's MTModel is this on its own base model (`model_class`)."""
 
+    base_model_prefix = "model"
     is_encoder_decoder = True
+    model_class = BartModel
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.config = cfg
+        self.model = self.model_class(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.target_vocab_size, bias=False)
+        self.register_buffer("final_logits_bias", torch.zeros(1, cfg.target_vocab_size))
+        self.max_positions = cfg.max_position_embeddings  # decoder positions are a fixed table
+        # final_logits_bias: transformers tolerates its absence (zeros); never a random init
+        self.tied_weights = _prefixed(self.model.tied_weights, "model") + ["final_logits_bias"]
+        if cfg.tie_word_embeddings:
+            self.tied_weights.append("lm_head.weight")
+
+    def tie_weights(self):
+        self.model.tie_weights()
+        if self.config.tie_word_embeddings:  # to the decoder's vocabulary: `shared`, unless Marian's are separate
+            self.lm_head.weight = self.model.decoder.embed_tokens.weight
+        if self.final_logits_bias.is_meta:
+            self.final_logits_bias = torch.zeros(1, self.config.target_vocab_size, device=self.lm_head.weight.device)
+
+    def post_load(self):
+        self.tie_weights()  # .to() keeps ties today; re-tying is cheap insurance
 
     def encode(self, input_ids, attention_mask=None):
         return self.model.encoder(input_ids, attention_mask)
@@ -276,32 +305,6 @@ class Seq2SeqLM:
         if cache is not None:  # every layer has written its T new keys: move the cursor (engine protocol)
             cache.advance(decoder_input_ids.shape[1])
         return self.lm_head(h) + self.final_logits_bias  # (B, T, V)
-
-
-class BartForConditionalGeneration(Seq2SeqLM, nn.Module):
-    base_model_prefix = "model"
-
-    def __init__(self, cfg: Config):
-        super().__init__()
-        self.config = cfg
-        self.model = BartModel(cfg)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.register_buffer("final_logits_bias", torch.zeros(1, cfg.vocab_size))
-        self.max_positions = cfg.max_position_embeddings  # decoder positions are a fixed table
-        # final_logits_bias: transformers tolerates its absence (zeros); never a random init
-        self.tied_weights = _prefixed(self.model.tied_weights, "model") + ["final_logits_bias"]
-        if cfg.tie_word_embeddings:
-            self.tied_weights.append("lm_head.weight")
-
-    def tie_weights(self):
-        self.model.tie_weights()
-        if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.shared.weight
-        if self.final_logits_bias.is_meta:
-            self.final_logits_bias = torch.zeros(1, self.config.vocab_size, device=self.lm_head.weight.device)
-
-    def post_load(self):
-        self.tie_weights()  # .to() keeps ties today; re-tying is cheap insurance
 
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
         if decoder_input_ids is None:

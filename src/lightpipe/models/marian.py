@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .bart import Config as BartConfig
-from .bart import Decoder, Encoder, Seq2SeqLM
+from .bart import BartForConditionalGeneration, Decoder, Encoder
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Config(BartConfig):
 
     @property
     def target_vocab_size(self) -> int:
+        """The output vocabulary: decoder_vocab_size when the vocabularies are separate."""
         return self.vocab_size if self.share_encoder_decoder_embeddings else self.decoder_vocab_size
 
 
@@ -98,33 +99,13 @@ class MarianModel(nn.Module):
         return self.decoder(decoder_input_ids, enc, attention_mask, attention_mask=decoder_attention_mask)
 
 
-class MarianMTModel(Seq2SeqLM, nn.Module):
-    base_model_prefix = "model"
-
-    def __init__(self, cfg: Config):
-        super().__init__()
-        self.config = cfg
-        self.model = MarianModel(cfg)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.target_vocab_size, bias=False)
-        self.register_buffer("final_logits_bias", torch.zeros(1, cfg.target_vocab_size))
-        self.max_positions = cfg.max_position_embeddings  # decoder positions are a fixed table
-        self.tied_weights = [f"model.{n}" for n in self.model.tied_weights] + ["final_logits_bias"]
-        if cfg.tie_word_embeddings:
-            self.tied_weights.append("lm_head.weight")
-
-    def tie_weights(self):
-        self.model.tie_weights()
-        if self.config.tie_word_embeddings:  # to the decoder's vocabulary, which is `shared` when shared
-            self.lm_head.weight = self.model.decoder.embed_tokens.weight
-        if self.final_logits_bias.is_meta:
-            self.final_logits_bias = torch.zeros(1, self.config.target_vocab_size, device=self.lm_head.weight.device)
-
-    def post_load(self):
-        self.tie_weights()
+class MarianMTModel(BartForConditionalGeneration):
+    model_class = MarianModel
 
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
-        enc = self.encode(input_ids, attention_mask)
-        return self.decode(decoder_input_ids, enc, attention_mask, decoder_attention_mask=decoder_attention_mask)
+        if decoder_input_ids is None:  # Marian has no denoising objective to shift the input for
+            raise ValueError("MarianMTModel needs decoder_input_ids (start them with decoder_start_token_id)")
+        return super().forward(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask)
 
 
 HEADS = {"base": MarianModel, "seq2seq-lm": MarianMTModel}
