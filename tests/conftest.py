@@ -1,5 +1,7 @@
 import pytest
 
+TIERS = ("unit", "parity", "fresh", "server", "browser")  # registered in pyproject.toml
+
 
 @pytest.fixture
 def hub_server(monkeypatch, tmp_path):
@@ -20,3 +22,12 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test belongs to a tier (module-level `pytestmark`, or per test where a file mixes
+    them), so `-m` expressions such as `make test-fast`'s select what they say."""
+    untiered = [item.nodeid for item in items if not any(item.get_closest_marker(t) for t in TIERS)]
+    if untiered:
+        raise pytest.UsageError("tests without a tier marker (one of " + ", ".join(TIERS) + "): "
+                                + ", ".join(untiered[:10]) + (" ..." if len(untiered) > 10 else ""))

@@ -13,6 +13,8 @@ from compare import assert_same
 from lightpipe.cli import main
 from tiny import encoder_checkpoint, sentences as all_sentences
 
+pytestmark = pytest.mark.unit
+
 def sentences(n):
     return [s for s in all_sentences(4 * n) if len(s) < 200][:n]
 
@@ -31,6 +33,7 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
+@pytest.mark.fresh
 def test_readme_demo_runs_offline_in_a_fresh_process():
     """The README's first command: sentence similarity on the embedded MiniLM, no network."""
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": "/tmp", "HF_HOME": "/nonexistent-hf-home"}

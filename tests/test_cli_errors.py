@@ -21,6 +21,8 @@ from safetensors.torch import load_file, save_file
 from lightpipe.cli import main
 from tiny import encoder_checkpoint
 
+pytestmark = pytest.mark.unit
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -95,6 +97,7 @@ def nan_classifier(tmp_path_factory, classifier):
     return folder
 
 
+@pytest.mark.fresh
 def test_cuda_without_cuda(classifier):
     # CUDA_VISIBLE_DEVICES="" hides any GPU, so this holds on a GPU machine too
     proc = lightpipe("run", "text-classification", "hi", "--model", classifier, "--device", "cuda",
@@ -102,6 +105,7 @@ def test_cuda_without_cuda(classifier):
     assert_one_line_error(proc, "device='cuda': CUDA is not available")
 
 
+@pytest.mark.fresh
 def test_corrupt_config(broken):
     proc = lightpipe("run", "text-classification", "hi", "--model", broken["config"])
     assert_one_line_error(proc, f"{broken['config'] / 'config.json'} is not valid JSON")
@@ -118,11 +122,13 @@ def test_broken_checkpoints(capsys, broken, name, message):
     assert str(broken[name]) in proc.stderr
 
 
+@pytest.mark.fresh
 def test_missing_model(tmp_path):
     proc = lightpipe("run", "text-classification", "hi", "--model", "org/not-downloaded", HF_HOME=tmp_path)
     assert_one_line_error(proc, "lightpipe download org/not-downloaded")
 
 
+@pytest.mark.fresh
 def test_bad_option_value():
     proc = lightpipe("run", "text-classification", "hi", "--batch-size", "abc")
     assert_one_line_error(proc, "argument --batch-size: invalid int value: 'abc' (see `lightpipe run --help`)")
@@ -144,6 +150,7 @@ def test_missing_models_and_bad_options(capsys, classifier, argv, message):
     assert_one_line_error(proc, message)
 
 
+@pytest.mark.fresh
 def test_corrupt_input_file(classifier, tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"text": "fine"}\n{"text": \n')
@@ -162,6 +169,7 @@ UNEXPECTED = ("import sys, lightpipe.cli as cli\n"
               "sys.exit(cli.main(['tasks']))\n")
 
 
+@pytest.mark.fresh
 def test_unexpected_errors_are_one_line_with_a_debug_hint():
     # a bug nobody foresaw, raised inside a command: the real main() as the console script runs it
     proc = run([sys.executable, "-c", UNEXPECTED])
@@ -172,6 +180,7 @@ def test_unexpected_errors_are_one_line_with_a_debug_hint():
     assert "Traceback" in debug.stderr and "KeyError: 'no such thing'" in debug.stderr
 
 
+@pytest.mark.fresh
 def test_a_reader_that_goes_away_ends_it_quietly(classifier, tmp_path):
     # the read end closed before anything is written
     texts = [f"text number {i}" for i in range(40)]
@@ -201,6 +210,7 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
+@pytest.mark.fresh
 def test_nan_scores_are_null_in_json(capsys, nan_classifier, tmp_path):
     proc = lightpipe("run", "text-classification", "first", "second", "--model", nan_classifier)
     assert proc.returncode == 0, proc.stderr

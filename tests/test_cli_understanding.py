@@ -9,6 +9,8 @@ from lightpipe import pipeline
 from lightpipe.cli import main
 from tiny import encoder_checkpoint, sentences
 
+pytestmark = pytest.mark.unit
+
 TEXT = "My name is Sylvain and I work at Hugging Face in Brooklyn."
 LONG = " ".join(sentences(8, start=30))
 BIO = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]

@@ -8,6 +8,8 @@ import transformers
 
 from lightpipe.loading import load_model
 
+pytestmark = pytest.mark.parity
+
 transformers.logging.set_verbosity_error()
 
 VOCAB = 96

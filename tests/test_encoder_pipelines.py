@@ -11,6 +11,8 @@ from lightpipe import pipeline
 from compare import assert_same
 from tiny import encoder_checkpoint, sentences
 
+pytestmark = pytest.mark.parity
+
 TEXTS = [s for s in sentences(40, start=40) if len(s) < 160][:12] + ["Short one.", "Ünïcödé text — with accents and ✓ symbols!"]
 SST2 = {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "label2id": {"NEGATIVE": 0, "POSITIVE": 1}}
 

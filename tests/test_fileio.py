@@ -17,6 +17,8 @@ from tiny import encoder_checkpoint, sentences
 import pyarrow as pa  # noqa: E402  (the files extra; `make test` installs it)
 import pyarrow.parquet as pq  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 SST2 = {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "label2id": {"NEGATIVE": 0, "POSITIVE": 1}}
 # real sentences (short enough for the tiny model's 64 positions), plus CSV's hard cases
 TEXTS = [s for s in sentences(400) if len(s) < 150][:237] + [

@@ -29,6 +29,8 @@ from fresh_checks import CHAT, GREEDY, MINILM, NAMES, TEXTS, Checks
 from tiny import bart_checkpoint, bpe_tokenizer, encoder_checkpoint, marian_checkpoint, save_checkpoint, t5_checkpoint
 from tiny import write_generation_config
 
+pytestmark = pytest.mark.fresh
+
 SST2 = {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "label2id": {"NEGATIVE": 0, "POSITIVE": 1}}
 
 

@@ -11,6 +11,8 @@ import transformers
 from lightpipe.generation import GenerationConfig, generate
 from lightpipe.loading import load_model
 
+pytestmark = pytest.mark.parity
+
 transformers.logging.set_verbosity_error()
 
 VOCAB = 96

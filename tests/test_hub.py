@@ -14,6 +14,8 @@ from hubserver import HubServer, point_hub_at
 from lightpipe import hub
 from lightpipe.hub import ModelNotFoundError
 
+pytestmark = pytest.mark.unit
+
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 

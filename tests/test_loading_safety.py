@@ -19,6 +19,8 @@ from lightpipe import hub, pipeline
 from lightpipe.loading import load_model, resolve_device, weight_files
 from tiny import bart_checkpoint, encoder_checkpoint, sentences
 
+pytestmark = pytest.mark.unit
+
 TEXTS = sentences(4)
 
 

@@ -14,6 +14,8 @@ from compare import assert_same
 from lightpipe import pipeline
 from tiny import bpe_tokenizer, encoder_checkpoint, save_checkpoint, sentences
 
+pytestmark = pytest.mark.parity
+
 UNICODE = "Ünïcödé naïve café in Zürich — Ελληνικά 日本語 ✓ with “quotes” and émigrés."
 SHORT = "My name is Sylvain and I work at Hugging Face in Brooklyn."
 LONG = " ".join(sentences(8, start=30))  # ~300 tokens, the models take 128: stride / doc_stride windows

@@ -23,6 +23,8 @@ import transformers
 from lightpipe import pipeline
 from tiny import bart_checkpoint, bpe_tokenizer, encoder_checkpoint, save_checkpoint, sentences
 
+pytestmark = pytest.mark.parity
+
 TEXTS = ["My name is Sylvain and I work at Hugging Face in Brooklyn.", *sentences(3, start=40)]
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")

@@ -17,6 +17,8 @@ from lightpipe.server import create_app, start_in_thread
 from test_server import BIO, MINILM, SST2, decoder_checkpoint, labels
 from tiny import encoder_checkpoint
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -10,6 +10,8 @@ from lightpipe import pipeline
 from lightpipe.integrations.ray import PipelinePredictor
 from tiny import encoder_checkpoint, sentences
 
+pytestmark = pytest.mark.unit
+
 SST2 = {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "label2id": {"NEGATIVE": 0, "POSITIVE": 1}}
 TEXTS = [s for s in sentences(500, start=100) if len(s) < 150][:300]
 
@@ -30,6 +32,7 @@ def ray_runtime():
     ray.shutdown()
 
 
+@pytest.mark.fresh
 def test_import_lightpipe_does_not_import_ray():
     import subprocess
 
@@ -61,6 +64,7 @@ def test_predictor_in_process_on_dict_pandas_and_arrow_batches(classifier):
         PipelinePredictor("sentiment-analysis", str(classifier), column="body")(batch)
 
 
+@pytest.mark.fresh
 def test_ray_dataset_scored_and_embedded_like_the_direct_pipeline(ray_runtime, classifier, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -149,6 +153,7 @@ def test_predictor_on_error_record_and_raise_in_process(classifier):
         PipelinePredictor("sentiment-analysis", str(classifier), on_error="ignore")
 
 
+@pytest.mark.fresh
 def test_ray_dataset_with_failing_rows_recorded(ray_runtime, classifier, tmp_path):
     """on_error="record" on a real Ray runtime: batches with and without failures, written to
     Parquet and read back as one table with one schema."""

@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 from lightpipe import pipeline
 from tiny import encoder_checkpoint, sentences
 
+pytestmark = pytest.mark.parity
+
 MAX_SEQ = 24
 LONG = " ".join(sentences(12, start=10))  # well past the tiny models' 128 positions
 TEXTS = [s for s in sentences(30, start=40) if len(s) < 200][:8] + [
@@ -396,6 +398,7 @@ def served(tmp_path_factory):
         yield running
 
 
+@pytest.mark.server
 def test_openai_embeddings_and_dimensions(served):
     from openai import OpenAI, UnprocessableEntityError
 
@@ -412,6 +415,7 @@ def test_openai_embeddings_and_dimensions(served):
     assert "16-dimensional" in err.value.response.text
 
 
+@pytest.mark.server
 def test_tei_embed_prompt_name_and_truncate(served):
     def embed(**body):
         return httpx.post(served.url + "/embed", json=body, timeout=60)

@@ -12,6 +12,8 @@ from safetensors.torch import save_file
 from lightpipe.loading import load_model
 from lightpipe.models.marian import sinusoidal_positions
 
+pytestmark = pytest.mark.parity
+
 TOL = dict(atol=1e-5, rtol=1e-5)
 BART = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
             encoder_ffn_dim=48, decoder_ffn_dim=48, vocab_size=120, max_position_embeddings=64)

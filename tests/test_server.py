@@ -21,6 +21,8 @@ from lightpipe.server import create_app, start_in_thread
 from lightpipe.server import registry as registry_module
 from tiny import bpe_tokenizer, encoder_checkpoint, save_checkpoint, sentences
 
+pytestmark = pytest.mark.server
+
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SST2 = {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "label2id": {"NEGATIVE": 0, "POSITIVE": 1}}
 BIO = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]

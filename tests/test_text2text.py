@@ -20,7 +20,7 @@ from tiny import (bart_checkpoint, marian_checkpoint, mbart50_checkpoint, senten
                   write_generation_config)
 
 transformers.logging.set_verbosity_error()
-pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
+pytestmark = [pytest.mark.parity, pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")]
 
 
 def texts(n=5, start=0):

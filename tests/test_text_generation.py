@@ -14,6 +14,8 @@ from lightpipe import pipeline
 from lightpipe.pipelines.text_generation import STREAM_CONTEXT
 from tiny import bpe_tokenizer, causal_lm_checkpoint, llama2_tokenizer, llama3_tokenizer, qwen2_tokenizer, sentences
 
+pytestmark = pytest.mark.parity
+
 PROMPTS = ["The assert statement", "Python lists are mutable sequences, typically used to store",
            "A class", "Ünïcödé café — naïve"]
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
@@ -363,6 +365,7 @@ def test_generator_of_prompts_streams_results_in_order(folder):
     assert list(results) == ours(PROMPTS, do_sample=False, max_new_tokens=6)
 
 
+@pytest.mark.server
 def test_server_routes_encode_prompts_as_transformers(tmp_path):
     """The OpenAI and HF routes (and their streams) run the pipeline's prompt encoding, so a
     Mistral-style checkpoint (BOS added, sentencepiece) answers what transformers' pipeline

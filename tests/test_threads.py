@@ -14,6 +14,8 @@ from lightpipe import pipeline
 from lightpipe.tokenization.fast import MAX_TRUNCATING_COPIES
 from tiny import bpe_tokenizer, encoder_checkpoint, save_checkpoint, sentences
 
+pytestmark = pytest.mark.parity
+
 TEXTS = [s for s in sentences(60, start=20) if len(s) < 200][:16]
 LONG = " ".join(sentences(10, start=30))  # ~300 tokens: more than the tiny models' 128
 BIO = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]

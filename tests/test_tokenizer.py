@@ -9,6 +9,8 @@ import transformers
 from lightpipe.tokenization import load
 from tiny import bpe_tokenizer, sentences, wordpiece_tokenizer
 
+pytestmark = pytest.mark.parity
+
 TEXTS = sentences(20, start=100) + ["Ünïcödé — naïve café ✓", "  spaced   out  ", "x"]
 PAIRS = list(reversed(TEXTS))
 
