@@ -4,7 +4,11 @@ imports inside functions included: a cycle means two modules that are really one
 import ast
 from pathlib import Path
 
+import pytest
+
 import lightpipe
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(lightpipe.__file__).parent
 
