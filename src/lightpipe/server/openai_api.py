@@ -15,7 +15,6 @@ from . import errors
 from .common import check_batch, embedding_model, embed, json_response, positive_int, read_json, state
 from .generate import (StopWatcher, count_new_tokens, cut_at_stop, generate, generation_options, open_stream,
                        sampling, stops_of, text_of)
-from .registry import GENERATION_TASKS
 
 
 async def models(request: Request):
@@ -54,15 +53,15 @@ async def embeddings(request: Request):
 
 
 def generation_model(st, name, chat: bool):
-    tasks = ("text-generation",) if chat else GENERATION_TASKS
     what = "chat" if chat else "text generation"
+    fits = (lambda e: e.pipeline.takes_chat) if chat else (lambda e: e.pipeline.generates)  # noqa: E731
     if name:
         served = st.registry.get(name)
-        if served.task not in tasks:
-            raise errors.validation(f"model {served.id} serves {served.task}; {what} needs a "
-                                    f"{' / '.join(tasks)} model")
+        if not fits(served):
+            kind = "a model that takes chats" if chat else "a generation model"
+            raise errors.validation(f"model {served.id} serves {served.task}; {what} needs {kind}")
         return served
-    return st.registry.choose(lambda e: e.task in tasks, what)
+    return st.registry.choose(fits, what)
 
 
 REFUSED = {"logprobs": "logprobs", "top_logprobs": "logprobs", "tools": "tool calling", "functions": "function calling",
