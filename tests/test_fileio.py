@@ -11,7 +11,11 @@ import pytest
 from lightpipe import pipeline
 from lightpipe.cli import main
 from lightpipe.fileio import read_windows, run_file
-from lightpipe.rows import Columns, MissingColumn, flatten_result, row_input
+from lightpipe.pipelines.feature_extraction import FeatureExtractionPipeline
+from lightpipe.pipelines.text_classification import TextClassificationPipeline
+from lightpipe.pipelines.token_classification import TokenClassificationPipeline
+from lightpipe.rows import Columns, MissingColumn
+from lightpipe.tasks import normalize_task, pipeline_class
 from tiny import encoder_checkpoint, sentences
 
 import pyarrow as pa  # noqa: E402  (the files extra; `make test` installs it)
@@ -69,15 +73,18 @@ class Counting:
     'crash' (KeyboardInterrupt) after a number of windows."""
 
     def __init__(self, pipe, crash_after=None):
-        self.pipe, self.task, self.crash_after = pipe, pipe.task, crash_after
+        self.pipe, self.crash_after = pipe, crash_after
         self.items, self.windows = 0, []
 
-    def __call__(self, inputs, **options):
+    def __getattr__(self, name):  # the task's facts (row_input, columns, ...) are the pipeline's
+        return getattr(self.pipe, name)
+
+    def batch(self, inputs, **options):
         if self.crash_after is not None and len(self.windows) == self.crash_after:
             raise KeyboardInterrupt
         self.windows.append(len(inputs))
         self.items += len(inputs)
-        return self.pipe(inputs, **options)
+        return self.pipe.batch(inputs, **options)
 
 
 # -- formats ----------------------------------------------------------------------------------
@@ -120,10 +127,11 @@ def test_formats_round_trip(tmp_path, pipe, expected, src, dst):
 def test_nested_results_as_json_in_csv_and_lists_in_parquet(tmp_path):
     """Entity lists (empty in the whole first window), embeddings and top_k lists."""
 
-    class Fake:
-        task = "token-classification"
+    class Fake(TokenClassificationPipeline):
+        def __init__(self):  # no model: the class's facts are all run_file needs
+            pass
 
-        def __call__(self, inputs, **options):
+        def batch(self, inputs, **options):
             return [[] if len(t) < 20 else [{"entity": "B-X", "score": 0.5, "index": 1, "word": t[:3], "start": 0, "end": 3}]
                     for t in inputs]
 
@@ -138,10 +146,11 @@ def test_nested_results_as_json_in_csv_and_lists_in_parquet(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "out.csv", encoding="utf-8")))
     assert json.loads(rows[0]["entities"]) == [] and json.loads(rows[-1]["entities"])[0]["word"] == "a m"
 
-    class Embed:
-        task = "feature-extraction"
+    class Embed(FeatureExtractionPipeline):
+        def __init__(self):
+            pass
 
-        def __call__(self, inputs, **options):
+        def batch(self, inputs, **options):
             return [[float(len(t)), 0.5, -1.0] for t in inputs]
 
     run_file(Embed(), source, tmp_path / "emb.parquet", window=4, progress=False)
@@ -149,41 +158,47 @@ def test_nested_results_as_json_in_csv_and_lists_in_parquet(tmp_path):
     assert emb.type == pa.list_(pa.float32()) and emb.to_pylist()[0] == [5.0, 0.5, -1.0]
 
 
+def task(name):
+    """A task's pipeline class: where the rules for its rows and columns live."""
+    return pipeline_class(normalize_task(name)[0])
+
+
 def test_flattening_rules():
-    assert flatten_result("text-classification", {"label": "POS", "score": 0.9}) == {"label": "POS", "score": 0.9}
-    assert flatten_result("text-classification", [{"label": "POS", "score": 0.9}, {"label": "NEG", "score": 0.1}]) == \
+    assert task("text-classification").columns({"label": "POS", "score": 0.9}) == {"label": "POS", "score": 0.9}
+    assert task("text-classification").columns([{"label": "POS", "score": 0.9}, {"label": "NEG", "score": 0.1}]) == \
         {"labels": ["POS", "NEG"], "scores": [0.9, 0.1]}
-    assert flatten_result("zero-shot-classification", {"sequence": "s", "labels": ["a"], "scores": [1.0]}) == \
+    assert task("zero-shot-classification").columns({"sequence": "s", "labels": ["a"], "scores": [1.0]}) == \
         {"labels": ["a"], "scores": [1.0]}
-    assert flatten_result("question-answering", {"score": 0.5, "start": 1, "end": 3, "answer": "ab"}) == \
+    assert task("question-answering").columns({"score": 0.5, "start": 1, "end": 3, "answer": "ab"}) == \
         {"score": 0.5, "start": 1, "end": 3, "answer": "ab"}
-    assert flatten_result("question-answering", [{"answer": "a"}]) == {"answers": [{"answer": "a"}]}
-    assert flatten_result("token-classification", []) == {"entities": []}
-    assert flatten_result("fill-mask", [{"token_str": "x"}]) == {"predictions": [{"token_str": "x"}]}
-    assert flatten_result("feature-extraction", [0.1, 0.2]) == {"embedding": [0.1, 0.2]}
-    assert flatten_result("sentence-similarity", [0.3]) == {"scores": [0.3]}
-    assert flatten_result("text-generation", [{"generated_text": "hi"}]) == {"generated_text": "hi"}
-    assert flatten_result("text-generation", [{"generated_text": "a"}, {"generated_text": "b"}]) == \
+    assert task("question-answering").columns([{"answer": "a"}]) == {"answers": [{"answer": "a"}]}
+    assert task("token-classification").columns([]) == {"entities": []}
+    assert task("fill-mask").columns([{"token_str": "x"}]) == {"predictions": [{"token_str": "x"}]}
+    assert task("feature-extraction").columns([0.1, 0.2]) == {"embedding": [0.1, 0.2]}
+    assert task("sentence-similarity").columns([0.3]) == {"scores": [0.3]}
+    assert task("text-generation").columns([{"generated_text": "hi"}]) == {"generated_text": "hi"}
+    assert task("text-generation").columns([{"generated_text": "a"}, {"generated_text": "b"}]) == \
         {"generated_text": ["a", "b"]}
-    assert flatten_result("summarization", [{"summary_text": "s"}]) == {"summary_text": "s"}
-    assert flatten_result("translation_en_to_fr", [{"translation_text": "t"}]) == {"translation_text": "t"}
+    assert task("summarization").columns([{"summary_text": "s"}]) == {"summary_text": "s"}
+    assert task("translation_en_to_fr").columns([{"translation_text": "t"}]) == {"translation_text": "t"}
 
 
 def test_row_inputs_for_pairs_and_questions():
     row = {"q": "Who?", "c": "Me.", "a": "x", "b": "y", "text": "t", "text_pair": "p"}
-    assert row_input(row, "question-answering", Columns(question="q", context="c")) == {"question": "Who?", "context": "Me."}
-    assert row_input(row, "text-classification", Columns("a", "b")) == {"text": "x", "text_pair": "y"}
-    assert row_input(row, "text-classification", Columns()) == {"text": "t", "text_pair": "p"}
-    assert row_input(row, "text-classification", Columns("a")) == "x"
+    qa, classify = task("question-answering"), task("text-classification")
+    assert qa.row_input(row, Columns(question="q", context="c")) == {"question": "Who?", "context": "Me."}
+    assert classify.row_input(row, Columns("a", "b")) == {"text": "x", "text_pair": "y"}
+    assert classify.row_input(row, Columns()) == {"text": "t", "text_pair": "p"}
+    assert classify.row_input(row, Columns("a")) == "x"
     with pytest.raises(MissingColumn, match="no column 'body'.*--column"):
-        row_input(row, "text-classification", Columns("body"))
+        classify.row_input(row, Columns("body"))
     with pytest.raises(ValueError, match="column 'text' is empty"):
-        row_input({"text": None}, "text-classification", Columns())
+        classify.row_input({"text": None}, Columns())
     for blank in ("", " \t "):
         with pytest.raises(ValueError, match="column 'text' is blank"):
-            row_input({"text": blank}, "text-classification", Columns())
+            classify.row_input({"text": blank}, Columns())
         with pytest.raises(ValueError, match="column 'question' is blank"):
-            row_input({"question": blank, "context": "c"}, "question-answering", Columns())
+            qa.row_input({"question": blank, "context": "c"}, Columns())
 
 
 # -- resume -----------------------------------------------------------------------------------
@@ -326,15 +341,18 @@ class Failing:
     refuses would: its whole window fails as a batch. Records the size of every call."""
 
     def __init__(self, pipe):
-        self.pipe, self.task, self.calls = pipe, pipe.task, []
+        self.pipe, self.calls = pipe, []
 
-    def __call__(self, inputs, **options):
+    def __getattr__(self, name):  # the task's facts are the pipeline's
+        return getattr(self.pipe, name)
+
+    def batch(self, inputs, **options):
         self.calls.append(len(inputs))
         for item in inputs:
             text = item["text"] if isinstance(item, dict) else item
             if "BOOM" in text:
                 raise ValueError(f"cannot run {text!r}")
-        return self.pipe(inputs, **options)
+        return self.pipe.batch(inputs, **options)
 
 
 # line 3 blank, line 6 whitespace only, line 9 fails in the pipeline, line 12 blank at a window's start
@@ -409,10 +427,10 @@ def test_a_failing_row_is_named_by_its_line_or_row_in_the_whole_file(tmp_path, p
         run_file(Failing(pipe), parquet, tmp_path / "out.parquet", window=4, progress=False)
 
     class Crashing(Failing):  # not an input error: the row's position, and the original error as the cause
-        def __call__(self, inputs, **options):
+        def batch(self, inputs, **options):
             if any("BOOM" in t for t in inputs):
                 raise RuntimeError("device lost")
-            return self.pipe(inputs, **options)
+            return self.pipe.batch(inputs, **options)
 
     with pytest.raises(RuntimeError, match=r"no_blanks\.txt line 7: device lost") as info:
         run_file(Crashing(pipe), no_blanks, tmp_path / "out.jsonl", window=4, progress=False)
@@ -498,15 +516,13 @@ def test_resume_with_record_after_a_raise_adds_the_error_column(tmp_path, pipe, 
         [w["label"] for w in pipe(TEXTS[6:9])]
 
 
-class Echo:
+class Echo(TextClassificationPipeline):
     """A pipeline that returns its input, so an output row shows exactly which input it answers."""
 
-    task = "text-classification"
-
-    def __init__(self, crash_after=None):
+    def __init__(self, crash_after=None):  # no model: the class's facts are all run_file needs
         self.crash_after, self.windows = crash_after, 0
 
-    def __call__(self, inputs, **options):
+    def batch(self, inputs, **options):
         if self.crash_after is not None and self.windows == self.crash_after:
             raise KeyboardInterrupt
         self.windows += 1

@@ -416,10 +416,10 @@ class Gated:
     def __getattr__(self, attr):
         return getattr(self.pipe, attr)
 
-    def run(self, items, options, batch_size=None):
+    def batch(self, items, **options):
         self.calls.append(list(items))
         assert self.gate.wait(30)
-        return self.pipe.run(items, options, batch_size)
+        return self.pipe.batch(items, **options)
 
 
 def test_batching_limits_and_isolation(folders, direct):

@@ -47,40 +47,18 @@ def task_options(args) -> dict:
     return options
 
 
-def cli_inputs(args) -> list:
-    """Inputs named on the command line, shaped the way the task takes them."""
-    texts = list(args.texts or [])
-    if args.task == "sentence-similarity":
-        if not args.source:
-            raise ValueError("sentence-similarity needs --source SENTENCE and the sentences to compare")
-        if not texts:
-            raise ValueError("sentence-similarity needs at least one sentence to compare with --source")
-        return [{"source_sentence": args.source, "sentences": texts}]
-    if args.task == "question-answering" or args.question or args.context:
-        if not (args.question and args.context):
-            raise ValueError("question-answering needs both --question and --context")
-        return [{"question": args.question, "context": args.context}]
-    if not texts:
-        raise ValueError("no input: give TEXT arguments or --input FILE")
-    return texts
-
-
-GENERATION_TASKS = {"text-generation", "summarization", "translation", "text2text-generation"}
-
-
-def default_window(task: str) -> int:
-    """Rows per window: generation is slow per row, so smaller windows keep the bar moving."""
-    return 32 if task in GENERATION_TASKS or task.startswith("translation_") else 512
-
-
 def cmd_run(args) -> None:
     from . import pipeline
 
     options = task_options(args)
-    window = args.window if args.window is not None else default_window(args.task)
     if args.input:  # the file arguments fail now, not after the model has loaded
         from .fileio import check_run
+        from .tasks import normalize_task, pipeline_class
 
+        # the task's window (smaller for generation), asked of its class before the model loads
+        window = args.window
+        if window is None:
+            window = pipeline_class(normalize_task(args.task)[0]).file_window
         check_run(args.input, args.output, args.format, window, args.on_error)
     pipe = pipeline(args.task, model=args.model, revision=args.revision, device=args.device, dtype=args.dtype,
                     batch_size=args.batch_size, allow_pickle=args.allow_pickle)
@@ -92,9 +70,9 @@ def cmd_run(args) -> None:
 
         columns = Columns(args.column, args.pair_column, args.question_column, args.context_column)
         run_file(pipe, args.input, args.output, options=options, fmt=args.format, columns=columns,
-                 window=window, resume=args.resume, task=args.task, on_error=args.on_error)
+                 window=window, resume=args.resume, on_error=args.on_error)
         return
-    if args.task == "text-generation" and len(args.texts or []) == 1 and not (args.json or args.output):
+    if hasattr(pipe, "stream") and len(args.texts or []) == 1 and not (args.json or args.output):
         # one prompt on a terminal: show the text as it is generated
         prompt = args.texts[0]
         print(prompt, end="", flush=True)
@@ -102,7 +80,8 @@ def cmd_run(args) -> None:
             print(piece, end="", flush=True)
         print()
         return
-    inputs = cli_inputs(args)
+    inputs = pipe.cli_inputs(list(args.texts or []), source=args.source, question=args.question,
+                             context=args.context)
     results = pipe(inputs if len(inputs) > 1 else inputs[0], **options)
     from .json_out import dumps
 

@@ -4,8 +4,8 @@ windows so memory stays flat however large the file, with `resume` after an inte
     run_file(pipe, "reviews.parquet", "scored.parquet", columns=Columns(text="review"))
 
 Each input row becomes one pipeline input (a column's text, a text pair, a question/context
-pair); each result is flattened into columns (`rows.flatten_result`) and appended to the row, and the
-output is written in its extension's format, rows in input order: output row N answers input row N,
+pair: the pipeline's `row_input`); each result is flattened into columns (the pipeline's `columns`)
+and appended to the row, and the output is written in its extension's format, rows in input order: output row N answers input row N,
 always. Every line of a text or JSON lines file is a row, a blank one too; a row that can't be run
 (a blank line, a null or blank text, a line that isn't JSON) or whose run fails either stops the
 run with an error naming its line or row (`on_error="raise"`) or gets its error in an `error`
@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import json_out
-from .rows import ERROR, Columns, RowProblem, base_task, canonical_task, check_on_error, record_columns, run_batch
+from .rows import ERROR, Columns, RowProblem, check_on_error, record_columns, run_batch
 
-WINDOW = 512  # rows per window: the same as pipelines.base.WINDOW_ITEMS
+WINDOW = 512  # rows per window read from a file (run_file takes the pipeline's `file_window`)
 FORMATS = ("text", "jsonl", "csv", "tsv", "parquet")
 EXTENSIONS = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
               ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
@@ -421,9 +421,11 @@ def _csv_complete_rows(path: Path, delimiter: str) -> tuple[list | None, int]:
 class _ParquetOut:
     """Windows as atomic part files under OUTPUT.parts/, merged into OUTPUT at the end."""
 
-    def __init__(self, path, resume: bool, task: str, options: dict):
+    def __init__(self, path, resume: bool, pipe, options: dict):
         self.pa, self.pq = need_pyarrow()
-        self.path, self.task, self.options = Path(path), task, options
+        self.path = Path(path)
+        self.result_types = pipe.arrow_types(self.pa, options)  # for result columns of nulls / empty lists
+        self.vector_columns = pipe.vector_columns
         self.parts = self.path.with_name(self.path.name + ".parts")
         self.schema, self.count, self.done = None, 0, 0
         if not resume:
@@ -495,37 +497,11 @@ class _ParquetOut:
                                  f"set by the first window ({e}); write JSON lines (.jsonl) for values whose "
                                  f"shape varies by row") from None
         array = pa.array(values)
-        if _has_null(pa, array.type):
-            array = pa.array(values, type=self._fallback_type(name, values, is_result))
-        if is_result and name == "embedding":
+        if _has_null(pa, array.type):  # the first window held only nulls / empty lists: the task's type
+            array = pa.array(values, type=self.result_types.get(name, pa.string()) if is_result else pa.string())
+        if is_result and name in self.vector_columns:
             array = array.cast(_float32_like(pa, array.type))  # the model computes in float32
         return array
-
-    def _fallback_type(self, name: str, values: list, is_result: bool):
-        """A type for a column whose first window held only nulls / empty lists."""
-        pa = self.pa
-        f64, i64, s = pa.float64(), pa.int64(), pa.string()
-        if not is_result:
-            return s
-        if base_task(self.task) == "token-classification" and name == "entities":
-            if self.options.get("aggregation_strategy") in (None, "none"):
-                fields = [("entity", s), ("score", f64), ("index", i64), ("word", s), ("start", i64), ("end", i64)]
-            else:
-                fields = [("entity_group", s), ("score", f64), ("word", s), ("start", i64), ("end", i64)]
-            return pa.list_(pa.struct(fields))
-        if name == "answers":
-            return pa.list_(pa.struct([("score", f64), ("start", i64), ("end", i64), ("answer", s)]))
-        if name in ("labels",):
-            return pa.list_(s)
-        if name in ("scores",):
-            return pa.list_(f64)
-        if name == "embedding":
-            return pa.list_(pa.float32())
-        if name in ("score",):
-            return f64
-        if name in ("start", "end"):
-            return i64
-        return s
 
     def _conform(self, table, window: Window, added: set):
         """Cast a window to the file's schema (fixed by the first window; result and error columns
@@ -613,7 +589,7 @@ class _StdoutOut:
     abort = close
 
 
-def open_output(path, fmt: str, resume: bool, task: str, options: dict, input_fmt: str = "jsonl"):
+def open_output(path, fmt: str, resume: bool, pipe, options: dict, input_fmt: str = "jsonl"):
     """A writer for `fmt`. Text lines in and text or JSON lines out: each line is the pipeline's
     result as it returns it (a text line has no columns to keep), so the output is `pipe(texts)`;
     a row that failed with on_error="record" is {"error": message} there."""
@@ -622,7 +598,7 @@ def open_output(path, fmt: str, resume: bool, task: str, options: dict, input_fm
             raise ValueError("--resume needs --output FILE: it counts the rows already written there")
         return _StdoutOut()
     if fmt == "parquet":
-        return _ParquetOut(path, resume, task, options)
+        return _ParquetOut(path, resume, pipe, options)
     if fmt in ("csv", "tsv"):
         return _CsvOut(path, fmt, resume)
     return _LinesOut(path, fmt == "text" or input_fmt == "text", resume)
@@ -631,20 +607,21 @@ def open_output(path, fmt: str, resume: bool, task: str, options: dict, input_fm
 # -- the run ------------------------------------------------------------------------------
 
 def run_file(pipe, input, output=None, *, options: dict | None = None, fmt: str | None = None,
-             columns: Columns | None = None, window: int = WINDOW, resume: bool = False,
-             progress: bool = True, task: str | None = None, on_error: str = "raise") -> int:
+             columns: Columns | None = None, window: int | None = None, resume: bool = False,
+             progress: bool = True, on_error: str = "raise") -> int:
     """Run `pipe` over every row of `input` and write the rows with result columns to `output`
-    (None: JSON results on stdout), `window` rows at a time. With `resume`, rows already in
+    (None: JSON results on stdout), `window` rows at a time (default: the pipeline's
+    `file_window`, 512; 32 for generation tasks). With `resume`, rows already in
     `output` are skipped. A row that fails: `on_error="raise"` stops with an error naming its line
     (text, JSON lines) or row (CSV, Parquet; the header not counted), 1-based; "record" writes its
     error in an `error` column (null for rows that succeeded; their result columns null) and goes
     on. Returns the number of rows in the output."""
     options = dict(options or {})
     columns = columns or Columns()
-    task = getattr(pipe, "task", None) or canonical_task(task or "")
+    window = window if window is not None else pipe.file_window
     in_fmt, out_fmt = check_run(input, output, fmt, window, on_error)
     total = count_rows(input, in_fmt.rstrip("?")) if in_fmt != "jsonl?" else None
-    out = open_output(output, out_fmt, resume, task, options, in_fmt)
+    out = open_output(output, out_fmt, resume, pipe, options, in_fmt)
     done = out.done
     if total is not None and done > total:
         out.abort()
@@ -652,10 +629,10 @@ def run_file(pipe, input, output=None, *, options: dict | None = None, fmt: str 
                          "is it the output of another input? (drop --resume to start over)")
     where = _position(input, in_fmt)
     known = {}  # the result columns seen so far: a failed row gets them as nulls
-    bar = _progress(total, done, task) if progress else None
+    bar = _progress(total, done, pipe.task) if progress else None
     try:
         for win in read_windows(input, in_fmt, window, skip=done, column=columns.text or "text"):
-            results, flat = _run_window(pipe, task, win, options, columns, on_error, where, in_fmt, known)
+            results, flat = _run_window(pipe, win, options, columns, on_error, where, in_fmt, known)
             out.write(win, results, flat)
             done += len(results)
             if bar is not None:
@@ -672,15 +649,15 @@ def run_file(pipe, input, output=None, *, options: dict | None = None, fmt: str 
     return done
 
 
-def _run_window(pipe, task, win: Window, options: dict, columns: Columns, on_error: str, where, in_fmt: str,
+def _run_window(pipe, win: Window, options: dict, columns: Columns, on_error: str, where, in_fmt: str,
                 known: dict) -> tuple[list, list[dict]]:
     """A window's results (as the pipeline returns them) and result columns, one per row; with
     on_error="record" a failed row's result is {"error": message} and its columns nulls + error."""
-    results, errors = run_batch(pipe, task, win.rows, columns, options, on_error, lambda i: where(win.first + i + 1),
+    results, errors = run_batch(pipe, win.rows, columns, options, on_error, lambda i: where(win.first + i + 1),
                                 missing_is_fatal=in_fmt not in ("jsonl", "jsonl?"))  # JSON lines rows vary
-    flat = record_columns(task, results, errors, known, on_error == "record")
-    if on_error == "record":
-        results = [r if err is None else {ERROR: err} for r, err in zip(results, errors)]
+    flat = record_columns(pipe, results, errors, known, on_error == "record")
+    # nested as `pipe(texts)` nests them: text lines out are the pipeline's results as it returns them
+    results = [pipe.in_list(r) if err is None else {ERROR: err} for r, err in zip(results, errors)]
     return results, flat
 
 

@@ -1,63 +1,30 @@
-"""Rows in, columns out: how a table row becomes a pipeline input and how a pipeline result
-becomes columns — the same rules for files (`fileio`) and Ray Data (`integrations.ray`)."""
+"""Rows in, columns out, for files (`fileio`) and Ray Data (`integrations.ray`): reading a row's
+columns, running a window of rows through `pipe.batch` with each failure told apart, and a
+result's columns. What differs per task is asked of the pipeline's class (`row_input`,
+`columns`): this module knows no task."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-GENERATION_KEYS = {"text-generation": "generated_text", "text2text-generation": "generated_text",
-                   "summarization": "summary_text", "translation": "translation_text"}
-LIST_COLUMNS = {"token-classification": "entities", "fill-mask": "predictions", "question-answering": "answers",
-                "feature-extraction": "embedding", "sentence-similarity": "scores"}
-
-
 # -- rows → pipeline inputs ---------------------------------------------------------------
 
 @dataclass
 class Columns:
-    """Which input columns feed the pipeline. None means the default: "text" (with
-    "text_pair" when a row has one), "question"/"context" for question-answering."""
+    """Which input columns feed the pipeline. None means the task's default (the pipeline's
+    `row_input`): "text" (with "text_pair" when a row has one), "question"/"context" for
+    question-answering."""
     text: str | None = None
     pair: str | None = None
     question: str | None = None
     context: str | None = None
 
 
-def canonical_task(task: str) -> str:
-    from .tasks import ALIASES
-
-    return ALIASES.get(task, task)
-
-
-def base_task(task: str) -> str:
-    return "translation" if task.startswith("translation") else task
-
-
 class MissingColumn(ValueError):
     """A row lacks a column the task reads (in a CSV or Parquet file every row then lacks it)."""
 
 
-def row_input(row: dict, task: str, cols: Columns):
-    """One row → the pipeline's input for `task`. Raises ValueError for a row that holds no text to
-    run (a missing, null or blank text column); the caller names the row's position."""
-    task = base_task(task)
-    if task == "question-answering":
-        return {"question": _text(row, cols.question or "question", "--question-column"),
-                "context": _text(row, cols.context or "context", "--context-column")}
-    if task == "sentence-similarity" and not cols.text:
-        if "source_sentence" in row and "sentences" in row:
-            return {"source_sentence": row["source_sentence"], "sentences": row["sentences"]}
-        raise MissingColumn(f"sentence-similarity rows need 'source_sentence' and 'sentences' "
-                            f"(a JSON lines object), got columns {sorted(row)}")
-    text = _text(row, cols.text or "text", "--column")
-    pair = cols.pair or ("text_pair" if cols.text is None and row.get("text_pair") is not None else None)
-    if pair:
-        # the pair may be "" (a CSV cell can't say null): it is passed on as it is, as before
-        return {"text": text, "text_pair": _value(row, pair, "--pair-column")}
-    return text
-
-
-def _value(row: dict, name: str, flag: str):
+def column_value(row: dict, name: str, flag: str):
     if name not in row:
         raise MissingColumn(f"no column {name!r} (columns: {', '.join(map(str, row))}); pick one with {flag}")
     value = row[name]
@@ -66,10 +33,10 @@ def _value(row: dict, name: str, flag: str):
     return value
 
 
-def _text(row: dict, name: str, flag: str):
+def column_text(row: dict, name: str, flag: str):
     """A column the task reads as its text: present, not null, not blank (a blank text would still be
     classified or embedded, giving a confident result for nothing)."""
-    value = _value(row, name, flag)
+    value = column_value(row, name, flag)
     if isinstance(value, str) and not value.strip():
         raise ValueError(f"column {name!r} is blank")
     return value
@@ -97,7 +64,7 @@ def check_on_error(on_error) -> str:
     return on_error
 
 
-def run_batch(pipe, task: str, rows: list[dict], columns: Columns, options: dict, on_error: str, where,
+def run_batch(pipe, rows: list[dict], columns: Columns, options: dict, on_error: str, where,
               missing_is_fatal: bool = True) -> tuple[list, list]:
     """(results, errors), one per row: a row's result (None if it failed) and its error message
     (None if it succeeded). With on_error="raise" the first failure raises instead, its message
@@ -108,14 +75,14 @@ def run_batch(pipe, task: str, rows: list[dict], columns: Columns, options: dict
         try:
             if isinstance(row, RowProblem):
                 raise ValueError(row.problem)
-            inputs[i] = row_input(row, task, columns)
+            inputs[i] = pipe.row_input(row, columns)
         except ValueError as e:
             if on_error == "raise" or (missing_is_fatal and isinstance(e, MissingColumn)):
                 hint = f" ({row.hint})" if isinstance(row, RowProblem) and row.hint else ""
                 raise ValueError(f"{where(i)}: {e}{hint}") from None
             errors[i] = describe_error(e)
     order = list(inputs)
-    outcomes = run_rows(pipe, task, [inputs[i] for i in order], options, stop_at_error=on_error == "raise")
+    outcomes = run_rows(pipe, [inputs[i] for i in order], options, stop_at_error=on_error == "raise")
     results = [None] * len(rows)
     for i, outcome in zip(order, outcomes):
         if not isinstance(outcome, Exception):
@@ -127,7 +94,7 @@ def run_batch(pipe, task: str, rows: list[dict], columns: Columns, options: dict
     return results, errors
 
 
-def run_rows(pipe, task: str, inputs: list, options: dict, stop_at_error: bool = False) -> list:
+def run_rows(pipe, inputs: list, options: dict, stop_at_error: bool = False) -> list:
     """`pipe`'s result for each input, or the exception it raised for that input. The inputs run
     as one batch; only if the batch fails are they re-run one at a time, so the failing inputs are
     told from the rest (as the server's batcher does) and the happy path costs nothing extra. With
@@ -135,14 +102,14 @@ def run_rows(pipe, task: str, inputs: list, options: dict, stop_at_error: bool =
     if not inputs:
         return []
     try:
-        return _call(pipe, task, inputs, options)
+        return _call(pipe, inputs, options)
     except Exception as e:  # noqa: BLE001 — which input, if any, is to blame is found next
         if len(inputs) == 1:
             return [e]
     out = []
     for item in inputs:
         try:
-            out.append(_call(pipe, task, [item], options)[0])
+            out.append(_call(pipe, [item], options)[0])
         except Exception as e:  # noqa: BLE001
             out.append(e)
             if stop_at_error:
@@ -150,8 +117,8 @@ def run_rows(pipe, task: str, inputs: list, options: dict, stop_at_error: bool =
     return out
 
 
-def _call(pipe, task: str, inputs: list, options: dict) -> list:
-    results = one_per_input(task, inputs, pipe(inputs, **options))
+def _call(pipe, inputs: list, options: dict) -> list:
+    results = pipe.batch(inputs, **options)
     if not isinstance(results, list) or len(results) != len(inputs):
         got = len(results) if isinstance(results, list) else type(results).__name__
         raise RuntimeError(f"the pipeline returned {got} results for {len(inputs)} inputs")
@@ -178,53 +145,12 @@ def at_row(e: Exception, where: str) -> Exception:
     return new
 
 
-def record_columns(task: str, results: list, errors: list, known: dict, record: bool) -> list[dict]:
+def record_columns(pipe, results: list, errors: list, known: dict, record: bool) -> list[dict]:
     """Each row's result columns. With `record`, an `error` column too, and a failed row's result
     columns (those of `known`, which collects every result column seen so far) are nulls."""
-    flat = [flatten_result(task, r) if err is None else {} for r, err in zip(results, errors)]
+    flat = [pipe.columns(r) if err is None else {} for r, err in zip(results, errors)]
     for f in flat:
         known.update(dict.fromkeys(f))
     if not record:
         return flat
     return [{**f, ERROR: None} if err is None else {**dict.fromkeys(known), ERROR: err} for f, err in zip(flat, errors)]
-
-
-# -- results → columns --------------------------------------------------------------------
-
-# tasks that answer a list of one input with that input's bare result, as transformers does
-UNWRAPS_LIST_OF_ONE = {"question-answering", "fill-mask"}
-
-
-def one_per_input(task: str, inputs: list, results) -> list:
-    """`pipe(inputs)`'s results as a list with one result per input."""
-    if len(inputs) == 1 and base_task(task) in UNWRAPS_LIST_OF_ONE:
-        return [results]
-    return results
-
-
-def flatten_result(task: str, result) -> dict:
-    """One result → {column: value}, the same columns for every row of a run:
-
-    - a dict of values becomes its keys: text-classification `label`, `score`; question-answering
-      `score`, `start`, `end`, `answer`; zero-shot `labels`, `scores` (its `sequence` is the input)
-    - text-classification with top_k (a list): `labels`, `scores`, best first
-    - generation: `generated_text` / `summary_text` / `translation_text` (a list of them with
-      num_return_sequences > 1)
-    - lists: token-classification `entities`, fill-mask `predictions`, question-answering with
-      top_k `answers`, feature-extraction `embedding`, sentence-similarity `scores`
-    - anything else: `result`
-    """
-    task = base_task(task)
-    if task in GENERATION_KEYS and isinstance(result, list) and all(isinstance(r, dict) and len(r) == 1 for r in result):
-        key = GENERATION_KEYS[task]
-        values = [next(iter(r.values())) for r in result]
-        return {key: values[0] if len(values) == 1 else values}
-    if task == "zero-shot-classification" and isinstance(result, dict):
-        return {k: v for k, v in result.items() if k != "sequence"}
-    if isinstance(result, dict):
-        return dict(result)
-    if task == "text-classification" and isinstance(result, list) and all(isinstance(r, dict) for r in result):
-        return {"labels": [r["label"] for r in result], "scores": [r["score"] for r in result]}
-    if task in LIST_COLUMNS and isinstance(result, list):
-        return {LIST_COLUMNS[task]: result}
-    return {"result": result}

@@ -8,7 +8,7 @@
                             concurrency=4, batch_size=256)
 
 Ray starts `concurrency` actors; each loads the pipeline once and is handed batches. Results
-come back as columns added to the batch, flattened as for files (`lightpipe.rows.flatten_result`):
+come back as columns added to the batch, flattened as for files (the pipeline's `columns`):
 `label`, `score`; `labels`/`scores` lists; `entities`, `predictions` lists of structs; and pooled
 embeddings as a (N, D) float32 array, which Ray stores as a fixed-shape tensor column.
 
@@ -52,7 +52,6 @@ class PipelinePredictor:
         if pipeline_kwargs.get("device") is None:
             pipeline_kwargs["device"] = ray_device()
         self.pipe = pipeline(task, model=model, **pipeline_kwargs)
-        self.task = getattr(self.pipe, "task", task)
         self.columns = Columns(column, pair_column, question_column, context_column)
         self.options = dict(options or {})
         self.known = {}  # result columns seen by this actor: a failed row gets them as nulls
@@ -61,9 +60,7 @@ class PipelinePredictor:
     def __call__(self, batch):
         kind = batch_kind(batch)
         n = len(batch) if kind != "dict" else len(next(iter(batch.values()), []))
-        needed = [c for c in vars(self.columns).values() if c is not None]
-        if self.task == "question-answering":
-            needed += [c for c in ("question", "context") if c not in needed]
+        needed = self.pipe.input_columns(self.columns)
         names = column_names(batch, kind)
         missing = [c for c in needed if c not in names]
         if missing:
@@ -73,15 +70,16 @@ class PipelinePredictor:
         rows = [{c: values[c][i] for c in needed} for i in range(n)]
         ids = to_list(batch[self.id_column], kind) if self.id_column in names else None
         where = (lambda i: f"row {self.id_column}={ids[i]!r}") if ids is not None else (lambda i: f"row {preview(rows[i])}")
-        results, errors = run_batch(self.pipe, self.task, rows, self.columns, self.options, self.on_error, where)
-        flat = record_columns(self.task, results, errors, self.known, self.on_error == "record")
+        results, errors = run_batch(self.pipe, rows, self.columns, self.options, self.on_error, where)
+        flat = record_columns(self.pipe, results, errors, self.known, self.on_error == "record")
         if self.on_error == "record" and n and not self.known:
             raise RuntimeError(self.untyped(f"the first: {where(0)}: {errors[0]}"))
         names = list(dict.fromkeys(k for f in flat for k in f))
+        vectors = self.pipe.vector_columns
         if self.on_error == "record":
-            out = {name: self.record_array(name, [f.get(name) for f in flat]) for name in names}
+            out = {name: self.record_array(name, [f.get(name) for f in flat], name in vectors) for name in names}
         else:
-            out = {name: to_array(name, [f.get(name) for f in flat]) for name in names}
+            out = {name: to_array([f.get(name) for f in flat], name in vectors) for name in names}
         if kind == "pandas":
             batch = batch.copy(deep=False)
             for name, array in out.items():
@@ -99,21 +97,21 @@ class PipelinePredictor:
             return batch
         return {**batch, **out}
 
-    def record_array(self, name: str, values: list):
+    def record_array(self, name: str, values: list, vector: bool):
         """A column of on_error="record" output, where failed rows hold None. Ray stores an all-null
         numpy column as Arrow's null type, which no other block's type can be cast to, so a column
         holding nulls is an Arrow array of the type this actor has seen for it (error: string)."""
         import pyarrow as pa
 
-        if name == "embedding":
+        if vector:
             good = [v for v in values if v is not None]
             shape = np.shape(good[0]) if good else self.types.get(name)
             if shape is None:
                 raise RuntimeError(self.untyped(f"no {name!r} yet"))
             self.types[name] = shape
-            return to_array(name, [np.full(shape, np.nan, np.float32) if v is None else v for v in values])
+            return to_array([np.full(shape, np.nan, np.float32) if v is None else v for v in values], vector)
         if all(v is not None for v in values):
-            array = to_array(name, values)
+            array = to_array(values, vector)
             if name not in self.types:
                 self.types[name] = arrow_array(pa, array).type
             return array
@@ -160,11 +158,12 @@ def to_list(column, kind: str) -> list:
     return [v.tolist() if isinstance(v, np.ndarray) else v for v in values]
 
 
-def to_array(name: str, values: list) -> np.ndarray:
-    """A result column as numpy: pooled embeddings (N, D) float32 (a fixed-shape tensor column in
-    Arrow), per-token embeddings an object array of float32 arrays, scalars a plain array,
-    anything else (lists, dicts) an object array of Python values (list / struct columns)."""
-    if name == "embedding":
+def to_array(values: list, vector: bool = False) -> np.ndarray:
+    """A result column as numpy: a vector column (pooled embeddings) (N, D) float32 (a fixed-shape
+    tensor column in Arrow), or an object array of float32 arrays when shapes differ (per-token
+    embeddings); scalars a plain array; anything else (lists, dicts) an object array of Python
+    values (list / struct columns)."""
+    if vector:
         arrays = [np.asarray(v, dtype=np.float32) for v in values]
         if arrays and all(a.shape == arrays[0].shape for a in arrays):
             return np.stack(arrays)

@@ -3,15 +3,17 @@ sentence-similarity (cosine scores of sentences against a source sentence)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 
-from .base import Pipeline, check_known, check_positive_int, check_text
+from ..rows import MissingColumn
+from .base import check_known, check_positive_int, check_text
+from .encoder import EncoderPipeline
 
 POOLING_MODES = ("mean", "cls", "max")  # over all of an input's real tokens (beyond transformers)
 # sentence-transformers' encode() options: they need pooling="auto"
 SENTENCE_OPTIONS = ("prompt", "prompt_name", "truncate_dim")
+EMBED_OPTIONS = {"pooling", "normalize", "truncation", "tokenize_kwargs", "return_tensors", "batch_size",
+                 *SENTENCE_OPTIONS}
 
 
 def pool(hidden: torch.Tensor, mode: str) -> torch.Tensor:
@@ -23,7 +25,27 @@ def pool(hidden: torch.Tensor, mode: str) -> torch.Tensor:
     return hidden.max(0).values
 
 
-class FeatureExtractionPipeline(Pipeline):
+def check_embedding_options(options: dict) -> dict:
+    if "tokenize_kwargs" in options:
+        tk = dict(options.pop("tokenize_kwargs") or {})
+        check_known(tk, {"truncation"}, "tokenize_kwargs")
+        if "truncation" in tk and "truncation" in options:
+            raise ValueError("truncation parameter defined twice "
+                             "(given as keyword argument as well as in tokenize_kwargs)")
+        options.update(tk)
+    pooling = options.get("pooling")
+    if pooling is not None and pooling != "auto" and pooling not in POOLING_MODES:
+        raise ValueError(f"pooling must be None, 'auto' or one of {POOLING_MODES}, got {pooling!r}")
+    if options.get("normalize") and options.get("pooling") is None:
+        raise ValueError("normalize=True needs pooling (e.g. pooling='mean'): per-token outputs aren't normalized")
+    for name in ("prompt", "prompt_name"):
+        if options.get(name) is not None:
+            check_text(options[name], name)
+    check_positive_int(options.get("truncate_dim"), "truncate_dim")
+    return options
+
+
+class FeatureExtractionPipeline(EncoderPipeline):
     """Per-token hidden states as nested lists, shaped (1, T, D) per input like transformers'
     batch_size=1 output. Beyond transformers: `pooling` gives one vector per input.
 
@@ -35,26 +57,18 @@ class FeatureExtractionPipeline(Pipeline):
 
     task = "feature-extraction"
     token_outputs = True
-    OPTIONS = {"pooling", "normalize", "truncation", "tokenize_kwargs", "return_tensors", "batch_size", *SENTENCE_OPTIONS}
+    list_column = "embedding"
+    vector_columns = ("embedding",)
+    hf_request = "embedding"
+    OPTIONS = EMBED_OPTIONS
+
+    @classmethod
+    def arrow_types(cls, pa, options):
+        return {"embedding": pa.list_(pa.float32())}
 
     def check_options(self, options):
         check_known(options, self.OPTIONS, self.task)
-        if "tokenize_kwargs" in options:
-            tk = dict(options.pop("tokenize_kwargs") or {})
-            check_known(tk, {"truncation"}, "tokenize_kwargs")
-            if "truncation" in tk and "truncation" in options:
-                raise ValueError("truncation parameter defined twice (given as keyword argument as well as in tokenize_kwargs)")
-            options.update(tk)
-        pooling = options.get("pooling")
-        if pooling is not None and pooling != "auto" and pooling not in POOLING_MODES:
-            raise ValueError(f"pooling must be None, 'auto' or one of {POOLING_MODES}, got {pooling!r}")
-        if options.get("normalize") and options.get("pooling") is None:
-            raise ValueError("normalize=True needs pooling (e.g. pooling='mean'): per-token outputs aren't normalized")
-        for name in ("prompt", "prompt_name"):
-            if options.get(name) is not None:
-                check_text(options[name], name)
-        check_positive_int(options.get("truncate_dim"), "truncate_dim")
-        return options
+        return check_embedding_options(options)
 
     @property
     def sentence_model(self):
@@ -68,14 +82,14 @@ class FeatureExtractionPipeline(Pipeline):
                                                       allow_pickle=self.allow_pickle)
         return self._sentence_model
 
-    def run(self, items, options, batch_size=None):
+    def prepare(self, options):
         # the call's options resolved once against the checkpoint: the prompt, its length, truncate_dim
         given = [k for k in SENTENCE_OPTIONS if options.get(k) is not None]
         if options.get("pooling") == "auto":
-            options = self.sentence_options(options)
-        elif given:
+            return self.sentence_options(options)
+        if given:
             raise ValueError(f"{', '.join(given)} need pooling='auto' (the checkpoint's sentence-transformers chain)")
-        return super().run(items, options, batch_size)
+        return options
 
     def sentence_options(self, options: dict) -> dict:
         chain = self.sentence_model
@@ -92,18 +106,17 @@ class FeatureExtractionPipeline(Pipeline):
             options["truncation"] = True  # sentence-transformers cuts at max_seq_length
         return options
 
-    def preprocess(self, item, **options):
-        return self.preprocess_batch([item], **options)[0]
+    # -- texts → rows → vectors: shared by the call, embed() and sentence-similarity ------
 
-    def preprocess_batch(self, items, truncation=False, pooling=None, prompt="", **options):
-        texts = [check_text(i) for i in items]
+    def encode_texts(self, texts: list, truncation=False, pooling=None, prompt="", **options) -> list:
+        texts = [check_text(t) for t in texts]
         if pooling == "auto":
-            return [[row] for row in self.sentence_model.encode(texts, prompt, truncation=truncation)]
-        return [[row] for row in self.encode(texts, truncation=truncation)]
+            return self.sentence_model.encode(texts, prompt, truncation=truncation)
+        return self.encode(texts, truncation=truncation)
 
-    def postprocess(self, rows, outputs, pooling=None, normalize=False, return_tensors=False, prompt_length=None,
-                    truncate_dim=None, **options):
-        hidden = outputs[0]  # (T, D) real tokens only
+    def vector(self, hidden: torch.Tensor, pooling=None, normalize=False, return_tensors=False, prompt_length=None,
+               truncate_dim=None, **options):
+        """One text's output from its (T, D) hidden states (real tokens only)."""
         if pooling is None:
             hidden = hidden[None]  # (1, T, D), transformers' per-input shape
         else:
@@ -115,10 +128,22 @@ class FeatureExtractionPipeline(Pipeline):
                 hidden = torch.nn.functional.normalize(hidden, dim=-1)
         return hidden if return_tensors else hidden.tolist()
 
+    def preprocess(self, item, **options):
+        return self.preprocess_batch([item], **options)[0]
+
+    def preprocess_batch(self, items, **options):
+        return [[row] for row in self.encode_texts(items, **options)]
+
+    def postprocess(self, rows, outputs, **options):
+        return self.vector(outputs[0], **options)
+
     def embed(self, texts: list[str], pooling: str = "auto", normalize: bool = True, **options) -> torch.Tensor:
-        """(N, D) sentence embeddings: the batch API the server and similarity use."""
-        options = self.check_options({"pooling": pooling, "normalize": normalize, "return_tensors": True, **options})
-        return torch.stack(self.run(list(texts), options, options.pop("batch_size", self.batch_size)))
+        """(N, D) sentence embeddings: the batch API the server and zero-shot use."""
+        given = {"pooling": pooling, "normalize": normalize, "return_tensors": True, **options}
+        check_known(given, EMBED_OPTIONS, "embed()")
+        options = self.prepare(self.with_defaults(check_embedding_options(given)))
+        rows = self.encode_texts(list(texts), **options)
+        return torch.stack([self.vector(out, **options) for out in self.forward_rows(rows, **options)])
 
 
 class SentenceSimilarityPipeline(FeatureExtractionPipeline):
@@ -126,24 +151,70 @@ class SentenceSimilarityPipeline(FeatureExtractionPipeline):
     like the HF Inference API and sentence-transformers (pooling from the checkpoint)."""
 
     task = "sentence-similarity"
-    PUBLIC_OPTIONS = {"pooling", "truncation", "batch_size", *SENTENCE_OPTIONS}
+    list_column = "scores"
+    vector_columns = ()
+    hf_request = "similarity"
+    OPTIONS = {"pooling", "truncation", "batch_size", *SENTENCE_OPTIONS}
 
-    def __call__(self, inputs=None, sentences=None, **kwargs):
-        if isinstance(inputs, str) and sentences is not None:
+    @classmethod
+    def arrow_types(cls, pa, options):
+        return {"scores": pa.list_(pa.float64())}
+
+    def parse_call(self, args, kwargs):
+        sentences = kwargs.pop("sentences", None)
+        inputs, kwargs = super().parse_call(args, kwargs)
+        if sentences is not None:
+            if not isinstance(inputs, str):
+                raise ValueError("sentences= goes with a source sentence string: "
+                                 "similarity(\"source\", sentences=[...])")
             inputs = {"source_sentence": inputs, "sentences": sentences}
-        if isinstance(inputs, list) and inputs and all(isinstance(i, dict) for i in inputs):
-            return [self(i, **kwargs) for i in inputs]
-        if isinstance(inputs, Iterator):  # a stream of {"source_sentence", "sentences"} items
-            return (self(i, **kwargs) for i in inputs)
-        if not isinstance(inputs, dict) or "source_sentence" not in inputs or "sentences" not in inputs:
+        return inputs, kwargs
+
+    def prepare(self, options):
+        options = {**options, "pooling": options.get("pooling") or "auto", "normalize": True, "return_tensors": True}
+        return super().prepare(options)
+
+    @staticmethod
+    def check_item(item) -> tuple[str, list]:
+        if not isinstance(item, dict) or "source_sentence" not in item or "sentences" not in item:
             raise ValueError('inputs must be {"source_sentence": str, "sentences": [str, ...]}')
-        source = check_text(inputs["source_sentence"], "source_sentence")
-        others = inputs["sentences"]
+        source = check_text(item["source_sentence"], "source_sentence")
+        others = item["sentences"]
         if isinstance(others, str) or not isinstance(others, (list, tuple)) or not others:
             raise ValueError("sentences must be a non-empty list of strings")
         for s in others:
             check_text(s, "sentences[]")
-        check_known(kwargs, self.PUBLIC_OPTIONS, self.task)
-        options = {"pooling": "auto", **kwargs}
-        vectors = self.embed([source, *others], **options)
+        return source, list(others)
+
+    def preprocess_batch(self, items, **options):
+        pairs = [self.check_item(item) for item in items]
+        rows = iter(self.encode_texts([text for source, others in pairs for text in (source, *others)], **options))
+        return [[next(rows) for _ in range(1 + len(others))] for _, others in pairs]
+
+    def postprocess(self, rows, outputs, **options):
+        vectors = torch.stack([self.vector(out, **options) for out in outputs])  # unit length
         return (vectors[1:] @ vectors[0]).tolist()
+
+    # -- front-end facts ------------------------------------------------------------------
+
+    @classmethod
+    def row_input(cls, row, columns):
+        if columns.text:
+            return super().row_input(row, columns)
+        if "source_sentence" in row and "sentences" in row:
+            return {"source_sentence": row["source_sentence"], "sentences": row["sentences"]}
+        raise MissingColumn(f"sentence-similarity rows need 'source_sentence' and 'sentences' "
+                            f"(a JSON lines object), got columns {sorted(row)}")
+
+    @classmethod
+    def input_columns(cls, columns):
+        return super().input_columns(columns) if columns.text else ["source_sentence", "sentences"]
+
+    @classmethod
+    def cli_inputs(cls, texts, *, source=None, question=None, context=None):
+        if not source:
+            raise ValueError("sentence-similarity needs --source SENTENCE and the sentences to compare")
+        if not texts:
+            raise ValueError("sentence-similarity needs at least one sentence to compare with --source")
+        return super().cli_inputs([{"source_sentence": source, "sentences": list(texts)}], question=question,
+                                  context=context)

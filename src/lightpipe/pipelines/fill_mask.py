@@ -8,24 +8,27 @@ import warnings
 
 import torch
 
-from .base import Pipeline, check_known, check_text
+from .base import check_known, check_text
+from .encoder import EncoderPipeline
 
 
-class FillMaskPipeline(Pipeline):
+class FillMaskPipeline(EncoderPipeline):
     task = "fill-mask"
     head = "masked-lm"
+    unwraps_list_of_one = True
+    list_column = "predictions"
+    hf_parameters = frozenset({"top_k", "targets"})
     OPTIONS = {"top_k", "targets", "truncation", "batch_size"}
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def setup(self):
         if self.tokenizer.mask_token_id is None:
             raise ValueError(f"{self.model_id or 'this model'}'s tokenizer defines no mask_token, so it can't fill masks")
 
-    def __call__(self, inputs=None, **kwargs):
-        result = super().__call__(inputs, **kwargs)
-        if isinstance(inputs, (list, tuple)) and len(inputs) == 1:
-            return result[0]  # transformers unwraps a list of one text
-        return result
+    def claims_text(self, text):
+        return self.tokenizer.mask_token in text
+
+    def server_info(self):
+        return {"mask_token": self.tokenizer.mask_token}
 
     def check_options(self, options):
         check_known(options, self.OPTIONS, self.task)

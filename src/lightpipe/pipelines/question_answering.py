@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import EncodedRow, Pipeline, check_known, check_positive_int
+from ..rows import column_text
+from .base import check_known, check_positive_int
+from .encoder import EncodedRow, EncoderPipeline
 
 DEFAULT_MAX_QUESTION_LEN = 64
 DEFAULT_MAX_ANSWER_LEN = 15
@@ -92,7 +94,7 @@ def check_item(item) -> dict:
     return item
 
 
-class QuestionAnsweringPipeline(Pipeline):
+class QuestionAnsweringPipeline(EncoderPipeline):
     """Extractive QA. Inputs as in transformers: `question=` and `context=` keywords (strings,
     or a list of questions with one context or a list of each), a dict or a list of dicts
     {"question", "context"}, two positional strings, or the legacy `X=` / `data=`. One
@@ -105,6 +107,11 @@ class QuestionAnsweringPipeline(Pipeline):
     task = "question-answering"
     head = "question-answering"
     token_outputs = True
+    unwraps_list_of_one = True  # one question gives its answer, not a list of one
+    list_column = "answers"
+    hf_request = "question-context"
+    hf_parameters = frozenset({"top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
+                               "handle_impossible_answer", "align_to_words"})
     OPTIONS = {"top_k", "topk", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
                "handle_impossible_answer", "align_to_words", "padding", "batch_size"}
 
@@ -132,18 +139,14 @@ class QuestionAnsweringPipeline(Pipeline):
 
     # -- inputs --------------------------------------------------------------------------
 
-    def __call__(self, *args, **kwargs):
+    def parse_call(self, args, kwargs):
         inputs = {k: kwargs.pop(k) for k in ("question", "context", "X", "data") if k in kwargs}
         items = self.parse_inputs(args, inputs)
-        options = {**self.defaults, **self.check_options(kwargs)}
-        batch_size = check_positive_int(options.pop("batch_size", self.batch_size), "batch_size")
-        if isinstance(items, types.GeneratorType):
-            return self.run_stream(items, options, batch_size)
-        items = [check_item(item) for item in items]
-        if not items:
-            raise ValueError("no question given: pass question= and context=")
-        results = self.run(items, options, batch_size)
-        return results[0] if len(results) == 1 else results
+        if isinstance(items, list):
+            if not items:
+                raise ValueError("no question given: pass question= and context=")
+            items = [check_item(item) for item in items]
+        return items, kwargs
 
     @staticmethod
     def parse_inputs(args: tuple, kwargs: dict):
@@ -272,3 +275,28 @@ class QuestionAnsweringPipeline(Pipeline):
             except Exception:
                 pass
         return enc.offsets[s][0], enc.offsets[e][1]
+
+    # -- front-end facts ------------------------------------------------------------------
+
+    @classmethod
+    def arrow_types(cls, pa, options):
+        f64, i64, s = pa.float64(), pa.int64(), pa.string()
+        return {"score": f64, "start": i64, "end": i64, "answer": s,
+                "answers": pa.list_(pa.struct([("score", f64), ("start", i64), ("end", i64), ("answer", s)]))}
+
+    @classmethod
+    def row_input(cls, row, columns):
+        return {"question": column_text(row, columns.question or "question", "--question-column"),
+                "context": column_text(row, columns.context or "context", "--context-column")}
+
+    @classmethod
+    def input_columns(cls, columns):
+        return [columns.question or "question", columns.context or "context"]
+
+    @classmethod
+    def cli_inputs(cls, texts, *, source=None, question=None, context=None):
+        if not (question and context):
+            raise ValueError("question-answering needs both --question and --context")
+        if texts:
+            raise ValueError("question-answering takes --question and --context, not TEXT arguments")
+        return super().cli_inputs([{"question": question, "context": context}], source=source)

@@ -15,8 +15,9 @@ caller — with one deviation from 4.57.6: a `max_length` (the caller's, or the 
 is honoured rather than overridden by the injected max_new_tokens=256.
 
 Speed: all inputs of a call are tokenized at once, sorted by length and generated in
-right-padded batches (the encoder mask keeps padding out), so short and long documents don't
-share a batch; results come back in input order. transformers generates one input at a time.
+right-padded batches (the encoder mask keeps padding out; the generation base,
+`generative.GenerationPipeline`), so short and long documents don't share a batch; results come
+back in input order. transformers generates one input at a time.
 """
 
 from __future__ import annotations
@@ -25,12 +26,8 @@ import warnings
 
 import torch
 
-from ..generation import generate
-from ..generation_config import GenerationConfig, pipeline_generation_config
-from .base import Pipeline, check_positive_int
+from .generative import GenerationPipeline
 
-DEFAULT_BATCH = 16  # inputs generated together
-BEAM_ROW_TOKENS = 16384  # encoder tokens x beams per batch: bounds the cached cross-attention keys/values
 TRUNCATION = (True, False, "longest_first", "only_first", "only_second", "do_not_truncate")
 
 # ISO 639-2/3 codes some Marian (Tatoeba) checkpoints use, to compare with a task's two-letter codes
@@ -40,35 +37,20 @@ ISO3 = {"eng": "en", "fra": "fr", "fre": "fr", "deu": "de", "ger": "de", "spa": 
         "cze": "cs", "ell": "el", "gre": "el", "hun": "hu", "ukr": "uk", "hin": "hi", "heb": "he", "vie": "vi"}
 
 
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-class Text2TextGenerationPipeline(Pipeline):
+class Text2TextGenerationPipeline(GenerationPipeline):
     task = "text2text-generation"
     head = "seq2seq-lm"
-    return_name = "generated"
+    encoder_decoder = True
+    hf_request = "text2text"
+    hf_parameters = frozenset({"clean_up_tokenization_spaces", "generate_parameters", "truncation"})
     DEFAULTS = {"max_new_tokens": 256, "num_beams": 4}  # transformers' _default_generation_config
     PIPELINE_OPTIONS = {"return_tensors", "return_text", "clean_up_tokenization_spaces", "truncation",
                         "stop_sequence", "batch_size"}
 
-    def __init__(self, model, tokenizer, config: dict, *, task_name: str | None = None, **kwargs):
-        # the name task_specific_params is looked up by ("translation_en_to_fr", "summarization", ...)
-        self.task_name = task_name or self.task
-        self._task_name_from_caller = task_name is not None
-        super().__init__(model, tokenizer, config, **kwargs)
-        self.generation, task_prefix = pipeline_generation_config(
-            self.folder, config, self.task_name, self.DEFAULTS, tokenizer.pad_token_id)
-        self.prefix = task_prefix if task_prefix is not None else config.get("prefix")
-
     # -- options ---------------------------------------------------------------------------
 
     def check_options(self, options: dict) -> dict:
-        generation = {k: v for k, v in options.items() if k not in self.PIPELINE_OPTIONS}
-        if generation:
-            (getattr(self, "generation", None) or GenerationConfig()).merge(**generation)  # unknown names raise
+        options = super().check_options(options)
         truncation = options.get("truncation")
         if truncation is not None and truncation not in TRUNCATION:
             raise ValueError(f"truncation must be True, False, 'longest_first', 'only_first' or 'only_second', "
@@ -76,62 +58,25 @@ class Text2TextGenerationPipeline(Pipeline):
         stop = options.get("stop_sequence")
         if stop is not None and (not isinstance(stop, str) or not stop):
             raise ValueError(f"stop_sequence must be a non-empty string, got {stop!r}")
-        check_positive_int(options.get("batch_size"), "batch_size")
         return options
 
-    def split_options(self, options: dict) -> tuple[dict, dict]:
-        pipeline_opts = {k: v for k, v in options.items() if k in self.PIPELINE_OPTIONS}
-        generation = {k: v for k, v in options.items() if k not in self.PIPELINE_OPTIONS}
-        stop = pipeline_opts.get("stop_sequence")
-        if stop is not None:
-            # transformers: the stop sequence's first token replaces eos
-            ids = self.tokenizer.encode(stop, add_special_tokens=False).ids
-            if not ids:
-                raise ValueError(f"stop_sequence {stop!r} encodes to no token")
-            if len(ids) > 1:
-                warnings.warn("Stopping on a multiple token sequence is not yet supported on transformers. The first "
-                              "token of the stop sequence will be used as the stop sequence string in the interim.",
-                              stacklevel=5)
-            generation["eos_token_id"] = ids[0]
-        return pipeline_opts, generation
+    def stop_eos(self, stop_sequence):
+        # transformers: the stop sequence's first token replaces eos
+        ids = self.tokenizer.encode(stop_sequence, add_special_tokens=False).ids
+        if not ids:
+            raise ValueError(f"stop_sequence {stop_sequence!r} encodes to no token")
+        if len(ids) > 1:
+            warnings.warn("Stopping on a multiple token sequence is not yet supported on transformers. The first "
+                          "token of the stop sequence will be used as the stop sequence string in the interim.",
+                          stacklevel=6)
+        return ids[0]
 
     # -- the call --------------------------------------------------------------------------
 
-    def __call__(self, inputs=None, **kwargs):
-        result = super().__call__(inputs, **kwargs)
-        if isinstance(inputs, (list, tuple)) and all(isinstance(r, list) and len(r) == 1 for r in result):
-            return [r[0] for r in result]  # transformers unwraps one record per input
-        return result
-
-    def run(self, items: list, options: dict, batch_size=None) -> list:
-        pipeline_opts, generation = self.split_options(options)
-        for i, item in enumerate(items):
-            if not isinstance(item, str):
-                raise TypeError(f"{self.task} inputs must be strings (or a list of strings); "
-                                f"input {i} is {type(item).__name__}: {item!r:.60}")
-        extra = self.input_options(options)
-        config = self.generation.merge(**{**extra.pop("generation", {}), **generation})
-        config.validate()
-        prompts = self.encode_inputs(items, pipeline_opts.get("truncation") or False, **extra)
-        self.check_lengths([len(p) for p in prompts], config)
-
-        size = check_positive_int(batch_size, "batch_size") or DEFAULT_BATCH
-        beams = max(config.num_beams, config.num_return_sequences if config.do_sample else 1)
-        order = sorted(range(len(items)), key=lambda i: len(prompts[i]), reverse=True)
-        outputs: list = [None] * len(items)
-        start = 0
-        while start < len(order):
-            longest = len(prompts[order[start]])
-            take = max(1, min(size, BEAM_ROW_TOKENS // max(longest * beams, 1)))
-            batch = order[start:start + take]
-            start += take
-            for i, rows in zip(batch, self.generate([prompts[i] for i in batch], config)):
-                outputs[i] = self.records(rows, **pipeline_opts)
-        return outputs
-
-    def input_options(self, options: dict) -> dict:
-        """Per-task extras for encoding (translation: language codes)."""
-        return {}
+    def in_list(self, result):
+        # transformers unwraps the record of an input of a list when each input has one (each has
+        # num_return_sequences, so one is the case for all inputs or for none)
+        return result[0] if len(result) == 1 else result
 
     # -- encoding --------------------------------------------------------------------------
 
@@ -142,6 +87,18 @@ class Text2TextGenerationPipeline(Pipeline):
         if self.config.get("model_type") == "t5":
             return None
         return self.config.get("max_position_embeddings")
+
+    def encode_items(self, items, task_options):
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise TypeError(f"{self.task} inputs must be strings (or a list of strings); "
+                                f"input {i} is {type(item).__name__}: {item!r:.60}")
+        return self.encode_inputs(items, task_options.get("truncation") or False, **self.language_tokens(task_options))
+
+    def language_tokens(self, task_options: dict) -> dict:
+        """Token ids around each input that name its language (prefix_ids, suffix_ids: translation
+        with mBART); none by default."""
+        return {}
 
     def encode_inputs(self, texts: list[str], truncation=False, prefix_ids=(), suffix_ids=None) -> list[list[int]]:
         """Token ids of each input (with the task prefix), checked against the encoder's limit."""
@@ -169,41 +126,12 @@ class Text2TextGenerationPipeline(Pipeline):
         if over_soft:  # T5: runs, as in transformers, with the tokenizer's warning
             warnings.warn(f"Token indices sequence length is longer than the specified maximum sequence length for "
                           f"this model ({max(over_soft)} > {tokenizer_limit}); pass truncation=True to cut inputs",
-                          stacklevel=5)
+                          stacklevel=6)
         return prompts
-
-    def check_lengths(self, lengths: list[int], config: GenerationConfig) -> None:
-        """transformers' check_inputs warnings (summarization, translation)."""
-
-    # -- generation ------------------------------------------------------------------------
-
-    def generate(self, prompts: list[list[int]], config: GenerationConfig) -> list[list[list[int]]]:
-        """Right-pad prompts into one batch, generate, and return each prompt's decoder rows, each
-        cut as transformers returns them for that prompt alone."""
-        longest = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        pad = pad if pad is not None else (config.pad_token_id or 0)
-        ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-        for j, p in enumerate(prompts):
-            ids[j, :len(p)] = torch.tensor(p, dtype=torch.long)
-            mask[j, :len(p)] = 1
-        with torch.inference_mode():
-            out = generate(self.model, ids.to(self.device), mask.to(self.device), config)
-        per_prompt = out.shape[0] // len(prompts)
-        eos = set(_as_list(config.eos_token_id))
-        rows = out.tolist()
-        results = []
-        for j in range(len(prompts)):
-            mine = rows[j * per_prompt:(j + 1) * per_prompt]
-            # alone, a prompt's rows are as long as its longest: up to its eos, or all of it
-            width = max(_length(r, eos) for r in mine)
-            results.append([r[:width] for r in mine])
-        return results
 
     # -- output ----------------------------------------------------------------------------
 
-    def records(self, rows: list[list[int]], return_tensors=None, return_text=None,
+    def records(self, item, prompt_ids, rows, return_tensors=None, return_text=None,
                 clean_up_tokenization_spaces=None, **_) -> list[dict]:
         # as in transformers: return_tensors gives token ids instead of text; return_text is accepted
         if return_tensors:  # a 1-D tensor per sequence, as transformers returns (and documents) them
@@ -212,14 +140,6 @@ class Text2TextGenerationPipeline(Pipeline):
         return [{f"{self.return_name}_text": self.tokenizer.decode(row, skip_special_tokens=True,
                                                                    clean_up_tokenization_spaces=clean)}
                 for row in rows]
-
-
-def _length(row: list[int], eos: set) -> int:
-    """Up to and including the first eos after the start token, else the whole row."""
-    for k in range(1, len(row)):
-        if row[k] in eos:
-            return k + 1
-    return len(row)
 
 
 class SummarizationPipeline(Text2TextGenerationPipeline):
@@ -248,37 +168,43 @@ class TranslationPipeline(Text2TextGenerationPipeline):
     task = "translation"
     return_name = "translation"
     PIPELINE_OPTIONS = Text2TextGenerationPipeline.PIPELINE_OPTIONS | {"src_lang", "tgt_lang"}
+    hf_parameters = Text2TextGenerationPipeline.hf_parameters | {"src_lang", "tgt_lang"}
 
-    def __init__(self, model, tokenizer, config: dict, *, task_name: str | None = None, **kwargs):
-        if task_name is None:
+    def setup(self):
+        self.named = self.task_name != self.task  # asked for as "translation_xx_to_yy"
+        if not self.named:
             # transformers: plain "translation" on a checkpoint with translation_* parameters uses the first
-            for key in config.get("task_specific_params") or {}:
+            for key in self.config.get("task_specific_params") or {}:
                 if key.startswith("translation"):
-                    task_name = key
+                    self.task_name = key
                     warnings.warn(f'"translation" task was used, instead of "translation_XX_to_YY", defaulting to '
-                                  f'"{task_name}"', UserWarning, stacklevel=4)
+                                  f'"{key}"', UserWarning, stacklevel=5)
                     break
-        super().__init__(model, tokenizer, config, task_name=task_name, **kwargs)
-        if task_name is not None and not self._task_name_from_caller:
-            parts = task_name.split("_")
-            if len(parts) == 4:  # the languages transformers derives from the task name
-                self.defaults.setdefault("src_lang", parts[1])
-                self.defaults.setdefault("tgt_lang", parts[3])
-        self.check_pair(self.defaults.get("src_lang"), self.defaults.get("tgt_lang"),
-                        self.task_name if self._task_name_from_caller else None)
-        pairs = [k for k in config.get("task_specific_params") or {} if k.startswith("translation_")]
+        super().setup()
+        pairs = [k for k in self.config.get("task_specific_params") or {} if k.startswith("translation_")]
         if pairs and self.task_name not in pairs:
             # transformers runs it without a prefix, silently: the output is rarely a translation
             warnings.warn(f"{self.model_id or 'this model'} has task parameters (and input prefixes) for "
                           f"{', '.join(pairs)} but not {self.task_name}: inputs are given to the model as they are",
-                          UserWarning, stacklevel=4)
+                          UserWarning, stacklevel=5)
+
+    def check_defaults(self, defaults):
+        defaults = dict(defaults)
+        if self.named:
+            self.check_pair(defaults.get("src_lang"), defaults.get("tgt_lang"), self.task_name)
+        else:
+            parts = self.task_name.split("_")
+            if len(parts) == 4:  # the languages transformers derives from the checkpoint's task name
+                defaults.setdefault("src_lang", parts[1])
+                defaults.setdefault("tgt_lang", parts[3])
+        return super().check_defaults(defaults)
 
     def check_options(self, options):
         options = super().check_options(options)
         for name in ("src_lang", "tgt_lang"):
             if options.get(name) is not None and not isinstance(options[name], str):
                 raise TypeError(f"{name} must be a language code string, got {type(options[name]).__name__}")
-        if getattr(self, "generation", None) is not None and ("src_lang" in options or "tgt_lang" in options):
+        if "src_lang" in options or "tgt_lang" in options:
             self.check_pair(options.get("src_lang"), options.get("tgt_lang"))
         return options
 
@@ -323,21 +249,29 @@ class TranslationPipeline(Text2TextGenerationPipeline):
                              f"{', '.join(codes[:8])}{', ...' if len(codes) > 8 else ''}")
         return index
 
-    def input_options(self, options):
+    def language_codes(self, task_options: dict) -> tuple[int, int] | None:
         """mBART tokenizers mark the source language on the input and the target language is forced
-        as the first generated token (src_lang and tgt_lang required); other tokenizers ignore
-        the languages, as in transformers."""
-        kind = self.multilingual
-        if kind is None:
-            return {}
-        src, tgt = options.get("src_lang"), options.get("tgt_lang")
+        as the first generated token (src_lang and tgt_lang required): their ids. None for other
+        tokenizers, which ignore the languages, as in transformers."""
+        if self.multilingual is None:
+            return None
+        src, tgt = task_options.get("src_lang"), task_options.get("tgt_lang")
         if src is None or tgt is None:
             raise ValueError("Translation requires a `src_lang` and a `tgt_lang` for this model "
                              "(language codes such as en_XX, fr_XX)")
-        src_id, tgt_id = self.language_id(src, "src_lang"), self.language_id(tgt, "tgt_lang")
+        return self.language_id(src, "src_lang"), self.language_id(tgt, "tgt_lang")
+
+    def language_tokens(self, task_options):
+        codes = self.language_codes(task_options)
+        if codes is None:
+            return {}
         eos = self.tokenizer.eos_token_id
-        prefix, suffix = ([src_id], [eos]) if kind == "mbart50" else ([], [eos, src_id])
-        return {"prefix_ids": prefix, "suffix_ids": suffix, "generation": {"forced_bos_token_id": tgt_id}}
+        prefix, suffix = ([codes[0]], [eos]) if self.multilingual == "mbart50" else ([], [eos, codes[0]])
+        return {"prefix_ids": prefix, "suffix_ids": suffix}
+
+    def generation_overrides(self, task_options, generation):
+        codes = self.language_codes(task_options)
+        return generation if codes is None else {"forced_bos_token_id": codes[1], **generation}
 
     def check_lengths(self, lengths, config):
         if config.max_new_tokens is not None:

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import torch
 
-from .base import Pipeline, check_known, check_text
+from .base import check_known, check_text
+from .encoder import EncoderPipeline
 
 FUNCTIONS = ("sigmoid", "softmax", "none")
 LEGACY = object()  # top_k not given: transformers' legacy single-label output
 
 
-class TextClassificationPipeline(Pipeline):
+class TextClassificationPipeline(EncoderPipeline):
     task = "text-classification"
     head = "sequence-classification"
+    hf_request = "texts-or-pairs"
+    hf_parameters = frozenset({"top_k", "function_to_apply"})
+    hf_defaults = {"top_k": None}  # the API returns every label
     OPTIONS = {"top_k", "function_to_apply", "return_all_scores", "truncation", "batch_size"}
 
     def check_options(self, options):
@@ -32,12 +36,26 @@ class TextClassificationPipeline(Pipeline):
             options["_legacy_all_scores"] = True
         return options
 
-    def __call__(self, inputs=None, **kwargs):
-        result = super().__call__(inputs, **kwargs)
+    def shape(self, results, single, inputs, kwargs):
+        result = super().shape(results, single, inputs, kwargs)
         explicit_top_k = "top_k" in kwargs or "top_k" in self.defaults
         if isinstance(inputs, str) and not explicit_top_k:
             return [result]  # transformers wraps a single string's legacy dict in a list
         return result
+
+    @classmethod
+    def columns(cls, result) -> dict:
+        if isinstance(result, list) and all(isinstance(r, dict) for r in result):  # top_k: best first
+            return {"labels": [r["label"] for r in result], "scores": [r["score"] for r in result]}
+        return super().columns(result)
+
+    @classmethod
+    def arrow_types(cls, pa, options):
+        return {"label": pa.string(), "score": pa.float64(), "labels": pa.list_(pa.string()),
+                "scores": pa.list_(pa.float64())}
+
+    def server_info(self):
+        return {"labels": [self.id2label[i] for i in sorted(self.id2label)]} if self.id2label else {}
 
     def preprocess(self, item, truncation=False, **options):
         if isinstance(item, dict):
@@ -54,7 +72,6 @@ class TextClassificationPipeline(Pipeline):
         if all(isinstance(i, str) for i in items):  # the common case: one encode_batch for the window
             return [[row] for row in self.encode(items, truncation=truncation)]
         return [self.preprocess(i, truncation=truncation) for i in items]
-
 
     def default_function(self) -> str:
         problem = self.config.get("problem_type")

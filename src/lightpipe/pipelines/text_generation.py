@@ -1,8 +1,9 @@
 """text-generation: prompts (or chats) continued by a decoder-only model.
 
-Prompts of one call are sorted by length and decoded together as left-padded batches. Outputs
-follow transformers 4.57.6: a prompt gives [{"generated_text": prompt + continuation}, ...]
-(one per returned sequence); a chat gives the messages plus the assistant's answer.
+Prompts of one call are sorted by length and decoded together as left-padded batches (the
+generation base, `generative.GenerationPipeline`). Outputs follow transformers 4.57.6: a prompt
+gives [{"generated_text": prompt + continuation}, ...] (one per returned sequence); a chat gives
+the messages plus the assistant's answer.
 """
 
 from __future__ import annotations
@@ -12,40 +13,39 @@ import threading
 
 import torch
 
-from ..generation import generate
-from ..generation_config import GenerationConfig, pipeline_generation_config
 from ..tokenization.base import CLEANUPS
 from ..tokenization.chat import validate_messages
-from .base import Pipeline, check_positive_int
+from .generative import GenerationPipeline, as_list
 
-DEFAULT_BATCH = 16  # prompts decoded together: weights are read once per step for all of them
 STREAM_CONTEXT = 32  # prompt tokens a stream decodes its new tokens after (see _decoding_context)
 
 
-class TextGenerationPipeline(Pipeline):
+class TextGenerationPipeline(GenerationPipeline):
     task = "text-generation"
     head = "causal-lm"
+    takes_chat = True
+    hf_request = "tgi"
+    # TGI's parameters (those lightpipe refuses included: huggingface_hub sends them) and the
+    # transformers generate() keywords the server passes through
+    hf_parameters = frozenset({
+        "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "return_full_text",
+        "seed", "stop", "details", "watermark", "grammar", "adapter_id", "best_of", "decoder_input_details",
+        "frequency_penalty", "top_n_tokens", "typical_p", "truncate", "max_length", "min_new_tokens", "num_beams",
+        "num_return_sequences", "no_repeat_ngram_size", "length_penalty", "early_stopping"})
     DEFAULTS = {"max_new_tokens": 256, "do_sample": True, "temperature": 0.7}
     PIPELINE_OPTIONS = {"return_full_text", "return_tensors", "return_text", "prefix", "clean_up_tokenization_spaces",
                         "skip_special_tokens", "stop_sequence", "continue_final_message", "add_special_tokens",
                         "batch_size"}
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.generation, task_prefix = pipeline_generation_config(
-            self.folder, self.config, self.task, self.DEFAULTS, self.tokenizer.pad_token_id)
-        self.prefix = self.defaults.get("prefix", task_prefix if task_prefix is not None else self.config.get("prefix"))
-
     def check_options(self, options):
-        generation = {k: v for k, v in options.items() if k not in self.PIPELINE_OPTIONS}
-        if generation:
-            (getattr(self, "generation", None) or GenerationConfig()).merge(**generation)  # unknown names raise here
+        options = super().check_options(options)
         if options.get("return_full_text") is not None and options.get("return_tensors"):
             raise ValueError("return_full_text is mutually exclusive with return_tensors")
         return options
 
     def is_single(self, inputs) -> bool:
-        return isinstance(inputs, (list, tuple)) and bool(inputs) and isinstance(inputs[0], dict)  # one chat
+        one_chat = isinstance(inputs, (list, tuple)) and bool(inputs) and isinstance(inputs[0], dict)
+        return one_chat or super().is_single(inputs)
 
     # -- preprocessing ---------------------------------------------------------------------
 
@@ -60,11 +60,13 @@ class TextGenerationPipeline(Pipeline):
                                                   continue_final_message=bool(continue_final_message))
         return text, True
 
-    def encode_prompts(self, items, prefix, add_special_tokens=None, continue_final_message=None):
+    def encode_items(self, items, task_options):
         """Token ids of each prompt, as transformers' pipeline makes them: a prompt string (after
         the prefix) with the tokenizer's own special tokens unless `add_special_tokens` says
         otherwise (BOS for Llama-style tokenizers, nothing for GPT-2 / Qwen2); a chat as its
         rendered template and nothing more, since templates write BOS themselves."""
+        prefix = task_options.get("prefix", self.prefix)
+        add_special_tokens = task_options.get("add_special_tokens")
         if add_special_tokens is not None and not isinstance(add_special_tokens, bool):
             raise TypeError(f"add_special_tokens must be True or False, got {add_special_tokens!r}")
         texts, chat = [], []
@@ -72,7 +74,7 @@ class TextGenerationPipeline(Pipeline):
             if not isinstance(item, (str, list, tuple)):
                 raise TypeError(f"inputs[{i}] must be a prompt string or a chat (list of messages), "
                                 f"got {type(item).__name__}")
-            text, is_chat = self.prompt_text(item, prefix, continue_final_message)
+            text, is_chat = self.prompt_text(item, prefix, task_options.get("continue_final_message"))
             texts.append(text)
             chat.append(is_chat)
         prompts: list = [None] * len(items)
@@ -87,82 +89,31 @@ class TextGenerationPipeline(Pipeline):
             if context and len(p) >= context:
                 raise ValueError(f"prompt {i} has {len(p)} tokens but the model's context is {context}: "
                                  "no room to generate; shorten the prompt")
-        return prompts, chat
+        return prompts
 
     def count_prompt_tokens(self, items: list, options: dict) -> int:
         """Prompt tokens as the model gets them (chat template, prefix, BOS): the server's usage."""
-        options = {**self.defaults, **options}
-        prompts, _ = self.encode_prompts(items, options.get("prefix", self.prefix), options.get("add_special_tokens"),
-                                         options.get("continue_final_message"))
-        return sum(len(p) for p in prompts)
+        task_options, _ = self.split_options(self.call_options(options))
+        return sum(len(p) for p in self.encode_items(items, task_options))
 
-    # -- generation ------------------------------------------------------------------------
-
-    def split_options(self, options: dict) -> tuple[dict, dict]:
-        pipeline_opts = {k: v for k, v in options.items() if k in self.PIPELINE_OPTIONS}
-        generation = {k: v for k, v in options.items() if k not in self.PIPELINE_OPTIONS}
-        if pipeline_opts.get("stop_sequence") is not None:
-            generation["eos_token_id"] = self.tokenizer.encode(pipeline_opts["stop_sequence"], add_special_tokens=False).ids
-        prefix = pipeline_opts.get("prefix", self.prefix)
+    def generation_overrides(self, task_options, generation):
+        prefix = task_options.get("prefix", self.prefix)
         if prefix:
             # transformers counts max_length and min_length without the prefix the pipeline adds; it
             # measures the prefix with special tokens only when the caller asked for them
-            specials = bool(pipeline_opts.get("add_special_tokens", False))
+            specials = bool(task_options.get("add_special_tokens", False))
             prefix_len = len(self.tokenizer.encode(prefix, add_special_tokens=specials).ids)
             lengths = self.generation.merge(**generation)
             if lengths.max_new_tokens is None:  # the length that applies is max_length
                 generation["max_length"] = (lengths.max_length or 20) + prefix_len
             if lengths.min_new_tokens is None and generation.get("min_length") is not None:
                 generation["min_length"] += prefix_len
-        return pipeline_opts, generation
+        return generation
 
-    def run(self, items: list, options: dict, batch_size=None) -> list:
-        pipeline_opts, generation = self.split_options(options)
-        prompts, chats = self.encode_prompts(
-            items, pipeline_opts.get("prefix", self.prefix), pipeline_opts.get("add_special_tokens"),
-            pipeline_opts.get("continue_final_message"))
-        config = self.generation.merge(**generation)
-        order = sorted(range(len(items)), key=lambda i: len(prompts[i]))
-        size = check_positive_int(batch_size, "batch_size") or DEFAULT_BATCH
-        outputs: list = [None] * len(items)
-        for start in range(0, len(order), size):
-            batch = order[start:start + size]
-            sequences = self.generate([prompts[i] for i in batch], config)
-            for i, rows in zip(batch, sequences):
-                outputs[i] = self.postprocess_item(items[i], prompts[i], rows, **pipeline_opts)
-        return outputs
+    # -- output ----------------------------------------------------------------------------
 
-    def generate(self, prompts: list[list[int]], config: GenerationConfig, streamer=None) -> list[list[list[int]]]:
-        """Left-pad prompts into one batch, generate, and return each prompt's new-token rows.
-        An empty prompt starts from the model's bos_token_id, as in transformers, and its rows
-        begin with that token (transformers returns it and decodes it as generated text)."""
-        if any(not p for p in prompts) and config.bos_token_id is None:
-            raise ValueError("an empty prompt starts from the model's bos_token_id, and this model has none; "
-                             "give at least one token of prompt")
-        starts = [p or [config.bos_token_id] for p in prompts]
-        longest = max(len(p) for p in starts)
-        pad = config.pad_token_id if config.pad_token_id is not None else 0
-        ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-        for j, p in enumerate(starts):
-            ids[j, longest - len(p):] = torch.tensor(p)
-            mask[j, longest - len(p):] = 1
-        with torch.inference_mode():
-            out = generate(self.model, ids.to(self.device), mask.to(self.device), config, streamer=streamer,
-                           decode=self.tokenizer.decode)
-        per_prompt = out.shape[0] // len(prompts)
-        eos = set(_as_list(config.eos_token_id))
-        results = []
-        for j in range(len(prompts)):
-            rows = []
-            for row in out[j * per_prompt:(j + 1) * per_prompt, longest:].tolist():
-                rows.append(([] if prompts[j] else starts[j]) + _cut_after_eos(row, eos))
-            results.append(rows)
-        return results
-
-    def postprocess_item(self, item, prompt_ids, rows, return_full_text=None, return_tensors=None, return_text=None,
-                         clean_up_tokenization_spaces=None, skip_special_tokens=None, continue_final_message=None,
-                         **_):
+    def records(self, item, prompt_ids, rows, return_full_text=None, return_tensors=None, return_text=None,
+                clean_up_tokenization_spaces=None, skip_special_tokens=None, continue_final_message=None, **_):
         if return_tensors:  # a tensor, as documented (4.57.6 returns a list here, a tensor in text2text)
             return [{"generated_token_ids": torch.tensor(prompt_ids + new_ids)} for new_ids in rows]
         decode = self.text_decoder(skip_special_tokens, clean_up_tokenization_spaces)
@@ -204,15 +155,12 @@ class TextGenerationPipeline(Pipeline):
         once it can't change (not half a character, not a space cleanup may still remove)."""
         if not isinstance(prompt, (str, list, tuple)):
             raise TypeError(f"stream() takes one prompt string or chat, got {type(prompt).__name__}")
-        options = {**self.defaults, **self.check_options(kwargs)}
+        options = self.call_options(kwargs)
         options.pop("batch_size", None)
-        pipeline_opts, generation = self.split_options(options)
-        config = self.generation.merge(**generation)
+        pipeline_opts, config = self.split_options(options)
         if config.num_return_sequences != 1 or config.num_beams != 1:
             raise ValueError("stream() produces one sequence: use num_return_sequences=1 and num_beams=1")
-        prompts, _ = self.encode_prompts([prompt], pipeline_opts.get("prefix", self.prefix),
-                                         pipeline_opts.get("add_special_tokens"),
-                                         pipeline_opts.get("continue_final_message"))
+        prompts = self.encode_items([prompt], pipeline_opts)
         tokens: queue.Queue = queue.Queue()
         failure: list[BaseException] = []
         cancelled = threading.Event()  # the consumer stopped reading: stop spending compute
@@ -243,9 +191,9 @@ class TextGenerationPipeline(Pipeline):
     def _pieces(self, tokens: queue.Queue, config, pipeline_opts, prompt_ids: list[int]):
         """The text pieces of the tokens arriving on `tokens` (None ends them). They join to the
         pipeline's return_full_text=False text: the continuation is decoded after the prompt and
-        the decoded prompt's length cut off, as postprocess does, so a sentencepiece tokenizer's
+        the decoded prompt's length cut off, as `records` does, so a sentencepiece tokenizer's
         first word keeps its space."""
-        eos = set(_as_list(config.eos_token_id))
+        eos = set(as_list(config.eos_token_id))
         decode = self.text_decoder(pipeline_opts.get("skip_special_tokens"),
                                    pipeline_opts.get("clean_up_tokenization_spaces"))
         clean = pipeline_opts.get("clean_up_tokenization_spaces") is not False
@@ -307,17 +255,3 @@ def _stable_length(text: str) -> int:
 
 class _Cancelled(Exception):
     """Raised inside generation when a stream's consumer has gone away."""
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _cut_after_eos(row: list[int], eos: set) -> list[int]:
-    """New tokens up to and including the first eos: what a prompt generated alone returns."""
-    for k, token in enumerate(row):
-        if token in eos:
-            return row[: k + 1]
-    return row

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import EncodedRow, Pipeline, check_known, check_text
+from .base import check_known, check_text
+from .encoder import EncodedRow, EncoderPipeline
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 WORD_STRATEGIES = ("first", "average", "max")
@@ -33,7 +34,7 @@ def strategy_name(value) -> str:
     return value.lower()
 
 
-class TokenClassificationPipeline(Pipeline):
+class TokenClassificationPipeline(EncoderPipeline):
     """Named-entity recognition and other token labelling.
 
     Keywords (all of transformers'): `aggregation_strategy` ("none" default: one dict per
@@ -45,8 +46,23 @@ class TokenClassificationPipeline(Pipeline):
     task = "token-classification"
     head = "token-classification"
     token_outputs = True
+    list_column = "entities"
+    hf_parameters = frozenset({"aggregation_strategy", "ignore_labels", "stride"})
+    hf_defaults = {"aggregation_strategy": "simple"}  # entity groups, as on the API
     OPTIONS = {"aggregation_strategy", "grouped_entities", "ignore_subwords", "ignore_labels", "stride", "truncation",
                "batch_size"}
+
+    @classmethod
+    def arrow_types(cls, pa, options):
+        f64, i64, s = pa.float64(), pa.int64(), pa.string()
+        if options.get("aggregation_strategy") in (None, "none"):
+            fields = [("entity", s), ("score", f64), ("index", i64), ("word", s), ("start", i64), ("end", i64)]
+        else:
+            fields = [("entity_group", s), ("score", f64), ("word", s), ("start", i64), ("end", i64)]
+        return {"entities": pa.list_(pa.struct(fields))}
+
+    def server_info(self):
+        return {"labels": [self.id2label[i] for i in sorted(self.id2label)]} if self.id2label else {}
 
     def check_options(self, options):
         check_known(options, self.OPTIONS, self.task)
@@ -101,7 +117,6 @@ class TokenClassificationPipeline(Pipeline):
             )
         encodings = [enc, *enc.overflowing] if stride is not None else [enc]
         return [Window(e, text) for e in encodings]
-
 
     # -- entities ------------------------------------------------------------------------
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import threading
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .base import Pipeline, check_known, check_positive_int, check_text
+from .base import check_known, check_positive_int, check_text
+from .encoder import EncodedRow, EncoderPipeline
 
 DEFAULT_TEMPLATE = "This example is {}."
 DEFAULT_TEMPERATURE = 0.05
@@ -56,18 +58,31 @@ def check_template(template) -> str:
     return template
 
 
+@dataclass
+class Pair(EncodedRow):
+    """One (sequence, hypothesis) row of NLI mode, with the sequence the answer names."""
+
+    sequence: str
+
+
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
 
-class ZeroShotClassificationPipeline(Pipeline):
+class ZeroShotClassificationPipeline(EncoderPipeline):
     """classifier(sequences, candidate_labels, hypothesis_template="This example is {}.",
     multi_label=False, mode="auto", temperature=0.05) → {"sequence", "labels", "scores"},
-    labels sorted by score (a list of those for a list of sequences)."""
+    labels sorted by score (a list of those for a list of sequences).
+
+    Each sequence is an item: in NLI mode its rows are its (sequence, hypothesis) pairs, all
+    pairs of the window in one length-sorted pass; in embedding mode its row is the sequence,
+    embedded with the call's hypotheses (once per call) by the checkpoint's sentence encoder."""
 
     task = "zero-shot-classification"
     head = "sequence-classification"
+    input_name = "sequences"
+    hf_parameters = frozenset({"candidate_labels", "multi_label", "hypothesis_template"})
     OPTIONS = {"candidate_labels", "hypothesis_template", "multi_label", "multi_class", "mode", "temperature",
                "batch_size"}
 
@@ -78,14 +93,10 @@ class ZeroShotClassificationPipeline(Pipeline):
         # an NLI classifier, or else the bare encoder for embedding mode
         return "sequence-classification" if checkpoint_head(config) == "sequence-classification" else "base"
 
-    def __init__(self, model, tokenizer, config, **kwargs):
-        self.has_classifier = self.head_for(config) == "sequence-classification"
+    def setup(self):
+        self.has_classifier = self.head_for(self.config) == "sequence-classification"
         self._embedder = None
         self._embedder_lock = threading.Lock()  # concurrent first calls load the encoder once
-        # check_options (run by the base on the pipeline's defaults) needs the labels already
-        self.id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
-        self.label2id = {v: k for k, v in self.id2label.items()}
-        super().__init__(model, tokenizer, config, **kwargs)
 
     # -- options -------------------------------------------------------------------------
 
@@ -154,53 +165,78 @@ class ZeroShotClassificationPipeline(Pipeline):
 
     # -- the call ------------------------------------------------------------------------
 
-    def __call__(self, sequences=None, *args, **kwargs):
-        if len(args) == 1 and "candidate_labels" not in kwargs:
-            kwargs["candidate_labels"] = args[0]
-        elif args:
-            raise TypeError(f"unexpected extra positional arguments {args!r:.80}; pass candidate_labels=[...]")
+    def parse_call(self, args, kwargs):
+        if len(args) == 2 and "candidate_labels" not in kwargs:  # classifier(sequences, labels)
+            kwargs["candidate_labels"] = args[1]
+            args = args[:1]
+        elif len(args) > 1:
+            raise TypeError(f"unexpected extra positional arguments {args[1:]!r:.80}; pass candidate_labels=[...]")
+        sequences, kwargs = super().parse_call(args, kwargs)
         if sequences is None:
             raise ValueError("no sequence to classify: pass a string or a list of strings")
-        return super().__call__(sequences, **kwargs)
+        return sequences, kwargs
 
-    def run(self, items: list, options: dict, batch_size=None) -> list:
+    def prepare(self, options):
         if options.get("candidate_labels") is None:
             raise ValueError("candidate_labels is required: the labels to choose from, "
                              "e.g. candidate_labels=['education', 'politics', 'business']")
-        labels = options["candidate_labels"]
         template = options.get("hypothesis_template", DEFAULT_TEMPLATE)
-        multi_label = bool(options.get("multi_label", False))
         mode = self.resolve_mode(options.get("mode", "auto"))
         if options.get("temperature") is not None and mode != "embedding":
             raise ValueError("temperature only applies to mode='embedding'; NLI scores are softmaxed logits")
+        return {**options, "mode": mode, "multi_label": bool(options.get("multi_label", False)),
+                "hypotheses": [template.format(label) for label in options["candidate_labels"]]}
+
+    def preprocess_batch(self, items, mode, hypotheses, **options):
         sequences = []
         for item in items:
             check_text(item, "sequences")
             if not item:
                 raise ValueError("sequences contains an empty string; give at least one sequence to classify")
             sequences.append(item)
-        hypotheses = [template.format(label) for label in labels]
         if mode == "embedding":
-            scores = self.embedding_scores(sequences, hypotheses, multi_label,
-                                           options.get("temperature") or DEFAULT_TEMPERATURE, batch_size)
-        else:
-            scores = self.nli_scores(sequences, hypotheses, multi_label, batch_size)
-        results = []
-        for sequence, row in zip(sequences, scores):
-            order = list(reversed(row.argsort()))  # transformers' order, ties included
-            results.append({"sequence": sequence, "labels": [labels[i] for i in order],
-                            "scores": [float(row[i]) for i in order]})
-        return results
-
-    def nli_scores(self, sequences: list[str], hypotheses: list[str], multi_label: bool, batch_size) -> np.ndarray:
-        """(N sequences, L labels) scores from one batched pass over all N*L pairs."""
+            return [[s] for s in sequences]  # embedded in forward_items, with the hypotheses
         firsts = [s for s in sequences for _ in hypotheses]
-        seconds = hypotheses * len(sequences)
-        rows = self.encode_pairs(firsts, seconds)
-        logits = torch.stack(self.forward_rows(rows, batch_size)).numpy().astype(np.float32)
-        logits = logits.reshape(len(sequences), len(hypotheses), -1)  # (N, L, num_labels)
+        pairs = self.encode_pairs(firsts, hypotheses * len(sequences))
+        rows = [Pair(enc, sequence) for enc, sequence in zip(pairs, firsts)]
+        n = len(hypotheses)
+        return [rows[i * n:(i + 1) * n] for i in range(len(sequences))]
+
+    def forward_items(self, rows_per_item, mode, hypotheses, batch_size=None, **options):
+        if mode == "nli":
+            return super().forward_items(rows_per_item, batch_size, **options)
+        sequences = [rows[0] for rows in rows_per_item]
+        vectors = self.embedder().embed(sequences + hypotheses, pooling="auto", normalize=True, truncation=True,
+                                        batch_size=check_positive_int(batch_size, "batch_size"))
+        cos = (vectors[:len(sequences)] @ vectors[len(sequences):].T).double().numpy()  # (N, L)
+        return [[row] for row in cos]
+
+    def postprocess(self, rows, outputs, mode, multi_label, candidate_labels, temperature=None, **options):
+        if mode == "nli":
+            sequence, scores = rows[0].sequence, self.nli_scores(outputs, multi_label)
+        else:
+            sequence, scores = rows[0], self.embedding_scores(outputs[0], multi_label, temperature or DEFAULT_TEMPERATURE)
+        order = list(reversed(scores.argsort()))  # transformers' order, ties included
+        return {"sequence": sequence, "labels": [candidate_labels[i] for i in order],
+                "scores": [float(scores[i]) for i in order]}
+
+    @classmethod
+    def columns(cls, result):
+        if isinstance(result, dict):
+            return {k: v for k, v in result.items() if k != "sequence"}  # the sequence is the input
+        return super().columns(result)
+
+    @classmethod
+    def arrow_types(cls, pa, options):
+        return {"labels": pa.list_(pa.string()), "scores": pa.list_(pa.float64())}
+
+    # -- NLI mode ------------------------------------------------------------------------
+
+    def nli_scores(self, outputs: list, multi_label: bool) -> np.ndarray:
+        """(L labels,) scores from a sequence's L (sequence, hypothesis) rows' logits."""
+        logits = torch.stack(outputs).numpy().astype(np.float32)  # (L, num_labels)
         entail = self.entailment_id
-        if multi_label or len(hypotheses) == 1:
+        if multi_label or len(outputs) == 1:
             pair = logits[..., [self.contradiction_id, entail]]
             return softmax(pair)[..., 1]
         return softmax(logits[..., entail])
@@ -219,7 +255,6 @@ class ZeroShotClassificationPipeline(Pipeline):
                 raise ValueError(f"the hypothesis {hypothesis!r:.80} alone is too long for the model's {limit} "
                                  "tokens; shorten hypothesis_template or the label")
         return encodings
-
 
     # -- embedding mode ------------------------------------------------------------------
 
@@ -244,10 +279,9 @@ class ZeroShotClassificationPipeline(Pipeline):
                                          folder=self.folder, batch_size=self.batch_size,
                                          max_batch_tokens=self.max_batch_tokens, allow_pickle=self.allow_pickle)
 
-    def embedding_scores(self, sequences, hypotheses, multi_label, temperature, batch_size) -> np.ndarray:
-        vectors = self.embedder().embed(sequences + hypotheses, pooling="auto", normalize=True, truncation=True,
-                                        batch_size=check_positive_int(batch_size, "batch_size"))
-        cos = (vectors[:len(sequences)] @ vectors[len(sequences):].T).double().numpy()  # (N, L)
-        if multi_label or len(hypotheses) == 1:
+    @staticmethod
+    def embedding_scores(cos: np.ndarray, multi_label: bool, temperature: float) -> np.ndarray:
+        """(L labels,) scores from a sequence's cosine similarity with each hypothesis."""
+        if multi_label or len(cos) == 1:
             return (cos + 1) / 2
         return softmax(cos / temperature)

@@ -37,7 +37,7 @@ class Done:
 
 @dataclass
 class Job:
-    fn: str  # "run": pipeline.run(items, options) | "embed": pipeline.embed(items, **options)
+    fn: str  # "run": pipeline.batch(items, **options) | "embed": pipeline.embed(items, **options)
     items: list
     options: dict
     seed: int | None = None  # sampling seed: the job gets its own torch.Generator (generation's `seed=`)
@@ -219,14 +219,12 @@ class Batcher:
         elif job.fn == "run":
             # the seed goes into the call (a per-call torch.Generator), never into torch's global RNG,
             # which a stream generating in another thread draws from at the same time
-            given = dict(job.options) if job.seed is None else {**job.options, "seed": job.seed}
-            options = {**pipe.defaults, **pipe.check_options(given)}
-            batch_size = options.pop("batch_size", pipe.batch_size)
-            outputs = pipe.run(items, options, batch_size)
+            options = job.options if job.seed is None else {**job.options, "seed": job.seed}
+            outputs = pipe.batch(items, **options)
         else:
             raise ValueError(f"unknown batch call {job.fn!r}")
         if len(outputs) != len(items):
-            raise RuntimeError(f"{type(pipe).__name__}.{job.fn} returned {len(outputs)} results for {len(items)} inputs")
+            raise RuntimeError(f"{type(pipe).__name__} returned {len(outputs)} results for {len(items)} inputs")
         return outputs
 
     def _start_streams(self, new: list) -> None:

@@ -40,8 +40,8 @@ def sampling(options: dict, do_sample, temperature) -> dict:
 
 
 def generation_options(served: Served, options: dict) -> dict:
-    """Keep return_full_text only where the pipeline has it (text-generation)."""
-    if served.task != "text-generation":
+    """Keep return_full_text only where the pipeline has it (decoder-only text generation)."""
+    if "return_full_text" not in served.pipeline.PIPELINE_OPTIONS:
         options.pop("return_full_text", None)
     return options
 

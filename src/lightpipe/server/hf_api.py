@@ -16,32 +16,23 @@
 `POST /` with several models served picks one from the request's shape (a QA dict, a
 source_sentence, candidate_labels, generation parameters, a mask token, parameters at the top
 level = embeddings); otherwise the first model given at start-up.
+
+The handler of a request is the one for its pipeline's request shape (`hf_request` on the
+pipeline's class); the parameter names and API defaults come from the class too.
 """
 
 from __future__ import annotations
 
 from starlette.requests import Request
 
+from ..tasks import normalize_task, pipeline_class
 from . import errors
 from .common import (boolean, check_batch, embed, json_response, options_of, read_json, run, state, texts)
-from .generate import (PASS_THROUGH, UNSUPPORTED, StopWatcher, cut_at_stop, finish_reason, generate, generation_options,
+from .generate import (UNSUPPORTED, StopWatcher, cut_at_stop, finish_reason, generate, generation_options,
                        open_stream, sampling, sse, sse_response, stops_of, text_of, unsupported_error, until_stop)
-from .registry import EMBEDDING_TASKS, Served, check_ready
+from .registry import Served, check_ready, has_token_stream
 
-# parameter names each task's API spec has: used to route `POST /` when several models are served
-TASK_PARAMETERS = {
-    "text-classification": {"top_k", "function_to_apply"},
-    "token-classification": {"aggregation_strategy", "ignore_labels", "stride"},
-    "fill-mask": {"top_k", "targets"},
-    "question-answering": {"top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
-                           "handle_impossible_answer", "align_to_words"},
-    "zero-shot-classification": {"candidate_labels", "multi_label", "hypothesis_template"},
-    "summarization": {"clean_up_tokenization_spaces", "generate_parameters", "truncation"},
-    "translation": {"src_lang", "tgt_lang", "clean_up_tokenization_spaces", "generate_parameters", "truncation"},
-    "text2text-generation": {"clean_up_tokenization_spaces", "generate_parameters", "truncation"},
-    "text-generation": {"max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
-                        "return_full_text", "seed", "stop", "details", *UNSUPPORTED, *PASS_THROUGH},
-}
+EMBEDDING_SHAPES = ("embedding", "similarity")  # what a model that can embed answers, whatever its task
 
 
 async def inference(request: Request):
@@ -64,17 +55,18 @@ async def inference(request: Request):
 async def answer(st, served: Served, task: str | None, body: dict):
     served = check_ready(served)
     if task is None:
-        task = served.task
+        shape = served.pipeline.hf_request
         if served.can_embed:
-            task = "sentence-similarity" if isinstance(body["inputs"], dict) else "feature-extraction"
-    elif task in EMBEDDING_TASKS and served.can_embed:
-        pass
-    elif task != served.task and not (task.startswith("translation") and served.task == "translation"):
-        raise errors.validation(f"model {served.id} serves {served.task}, not {task}")
-    handler = HANDLERS.get(task) or HANDLERS.get(served.task)
-    if handler is None:
-        raise errors.validation(f"the HF Inference API route has no handler for task {task!r}")
-    return await handler(st, served, body)
+            shape = "similarity" if isinstance(body["inputs"], dict) else "embedding"
+    else:  # the task named in the path: its class's request shape
+        try:
+            spec = normalize_task(task)[0]
+        except ValueError as e:
+            raise errors.validation(str(e)) from None
+        shape = pipeline_class(spec).hf_request
+        if spec.name != served.task and not (shape in EMBEDDING_SHAPES and served.can_embed):
+            raise errors.validation(f"model {served.id} serves {served.task}, not {task}")
+    return await HANDLERS[shape](st, served, body)
 
 
 def route(registry, body: dict) -> Served:
@@ -84,26 +76,25 @@ def route(registry, body: dict) -> Served:
         return registry.choose(lambda e: True, "")
     inputs, params = body.get("inputs"), body.get("parameters")
     params = params if isinstance(params, dict) else {}
-    first = lambda *tasks: next((e for e in ready if e.task in tasks), None)  # noqa: E731
+    first = lambda fits: next((e for e in ready if fits(e.pipeline)), None)  # noqa: E731
     item = inputs[0] if isinstance(inputs, list) and inputs else inputs
     if isinstance(item, dict) and "source_sentence" in item:
         hit = next((e for e in ready if e.can_embed), None)
     elif isinstance(item, dict) and ("question" in item or "context" in item):
-        hit = first("question-answering")
+        hit = first(lambda pipe: pipe.hf_request == "question-context")
     elif "candidate_labels" in params:
-        hit = first("zero-shot-classification")
+        hit = first(lambda pipe: "candidate_labels" in pipe.hf_parameters)
     elif "parameters" not in body:  # InferenceClient.feature_extraction sends its parameters at the top level
         hit = next((e for e in ready if e.can_embed), None) or ready[0]
     else:
         hit = None
         candidates = [e for e in ready if not e.can_embed] or ready
         if "stream" in body:
-            hit = first("text-generation")
-        if hit is None and isinstance(item, str):
-            hit = next((e for e in candidates if e.task == "fill-mask"
-                        and (mask := getattr(e.pipeline.tokenizer, "mask_token", None)) and mask in item), None)
+            hit = first(has_token_stream)
+        if hit is None and isinstance(item, str):  # fill-mask: the text holds its mask token
+            hit = next((e for e in candidates if e.pipeline.claims_text(item)), None)
         if hit is None and params:
-            hit = next((e for e in candidates if set(params) <= TASK_PARAMETERS.get(e.task, set())), None)
+            hit = next((e for e in candidates if set(params) <= e.pipeline.hf_parameters), None)
         hit = hit or candidates[0]
     return hit or ready[0]
 
@@ -128,6 +119,9 @@ async def feature_extraction(st, served: Served, body: dict):
     if pooling in ("none", None):  # transformers' per-token hidden states
         if prompt_name is not None:
             raise errors.validation("prompt_name needs sentence embeddings (pooling 'auto'), not per-token output")
+        if served.pipeline.hf_request != "embedding":  # its inputs are other than texts
+            raise errors.validation(f"model {served.id} serves {served.task}; per-token output needs it served as "
+                                    "feature-extraction")
         done = await run(served, "run", items, {"truncation": truncation})
         return json_response(done.results[0] if single else done.results)
     if pooling != "auto":
@@ -150,32 +144,28 @@ async def sentence_similarity(st, served: Served, body: dict):
 
 # -- encoder tasks ------------------------------------------------------------------------
 
-async def text_classification(st, served: Served, body: dict):
+async def plain_texts(st, served: Served, body: dict):
+    """A string or a list of strings in, the pipeline's result for each (one for a string):
+    fill-mask, token-classification, zero-shot-classification."""
+    items, single = texts(body["inputs"])
+    check_batch(st, len(items))
+    options = {**served.pipeline.hf_defaults, **options_of(body.get("parameters"))}
+    done = await run(served, "run", items, options)
+    return json_response(done.results[0] if single else done.results)
+
+
+async def texts_or_pairs(st, served: Served, body: dict):
+    """text-classification: texts or {"text", "text_pair"} pairs; every label, as a list per input."""
     inputs = body["inputs"]
     single = isinstance(inputs, (str, dict))
     items = [inputs] if single else inputs
     if not isinstance(items, list) or not items or not all(isinstance(i, (str, dict)) for i in items):
         raise errors.validation('inputs must be a string, {"text": str, "text_pair": str}, or a list of them')
     check_batch(st, len(items))
-    options = {"top_k": None, **options_of(body.get("parameters"))}
+    options = {**served.pipeline.hf_defaults, **options_of(body.get("parameters"))}
     done = await run(served, "run", items, options)
     results = [r if isinstance(r, list) else [r] for r in done.results]
     return json_response(results)
-
-
-async def token_classification(st, served: Served, body: dict):
-    items, single = texts(body["inputs"])
-    check_batch(st, len(items))
-    options = {"aggregation_strategy": "simple", **options_of(body.get("parameters"))}
-    done = await run(served, "run", items, options)
-    return json_response(done.results[0] if single else done.results)
-
-
-async def fill_mask(st, served: Served, body: dict):
-    items, single = texts(body["inputs"])
-    check_batch(st, len(items))
-    done = await run(served, "run", items, options_of(body.get("parameters")))
-    return json_response(done.results[0] if single else done.results)
 
 
 async def question_answering(st, served: Served, body: dict):
@@ -188,16 +178,6 @@ async def question_answering(st, served: Served, body: dict):
     check_batch(st, len(items))
     items = [{"question": i["question"], "context": i["context"]} for i in items]
     done = await run(served, "run", items, options_of(body.get("parameters")))
-    return json_response(done.results[0] if single else done.results)
-
-
-async def zero_shot(st, served: Served, body: dict):
-    items, single = texts(body["inputs"])
-    check_batch(st, len(items))
-    options = options_of(body.get("parameters"))
-    if not options.get("candidate_labels"):
-        raise errors.validation('zero-shot-classification needs parameters.candidate_labels: ["label", ...]')
-    done = await run(served, "run", items, options)
     return json_response(done.results[0] if single else done.results)
 
 
@@ -288,18 +268,13 @@ def tgi_stream(served: Served, prompt: str, options: dict, stop: list[str], seed
     return sse_response(events())
 
 
+# request shape (a pipeline class's `hf_request`) → handler
 HANDLERS = {
-    "feature-extraction": feature_extraction,
-    "sentence-similarity": sentence_similarity,
-    "text-classification": text_classification,
-    "sentiment-analysis": text_classification,
-    "token-classification": token_classification,
-    "ner": token_classification,
-    "fill-mask": fill_mask,
-    "question-answering": question_answering,
-    "zero-shot-classification": zero_shot,
-    "summarization": text2text,
-    "translation": text2text,
-    "text2text-generation": text2text,
-    "text-generation": text_generation,
+    "embedding": feature_extraction,
+    "similarity": sentence_similarity,
+    "texts": plain_texts,
+    "texts-or-pairs": texts_or_pairs,
+    "question-context": question_answering,
+    "text2text": text2text,
+    "tgi": text_generation,
 }

@@ -13,7 +13,6 @@ from . import errors
 from .common import check_batch, embedding_model, embed, json_response, positive_int, read_json, state
 from .generate import (OPENAI_FINISH_REASONS, StopWatcher, cut_at_stop, finish_reason, generate, generation_options,
                        open_stream, sampling, sse, sse_response, stops_of, text_of, until_stop)
-from .registry import GENERATION_TASKS
 
 
 async def models(request: Request):
@@ -52,15 +51,15 @@ async def embeddings(request: Request):
 
 
 def generation_model(st, name, chat: bool):
-    tasks = ("text-generation",) if chat else GENERATION_TASKS
     what = "chat" if chat else "text generation"
+    fits = (lambda e: e.pipeline.takes_chat) if chat else (lambda e: e.pipeline.generates)  # noqa: E731
     if name:
         served = st.registry.get(name)
-        if served.task not in tasks:
-            raise errors.validation(f"model {served.id} serves {served.task}; {what} needs a "
-                                    f"{' / '.join(tasks)} model")
+        if not fits(served):
+            kind = "a model that takes chats" if chat else "a generation model"
+            raise errors.validation(f"model {served.id} serves {served.task}; {what} needs {kind}")
         return served
-    return st.registry.choose(lambda e: e.task in tasks, what)
+    return st.registry.choose(fits, what)
 
 
 REFUSED = {"logprobs": "logprobs", "top_logprobs": "logprobs", "tools": "tool calling", "functions": "function calling",

@@ -14,9 +14,6 @@ from .batcher import Batcher
 
 log = logging.getLogger("lightpipe.server")
 
-EMBEDDING_TASKS = ("feature-extraction", "sentence-similarity")
-GENERATION_TASKS = ("text-generation", "summarization", "translation", "text2text-generation")
-
 
 def parse_model_spec(spec: str) -> tuple[str | None, str]:
     """`[TASK=]MODEL` → (task or None, model). A `=` inside a path is kept when the part
@@ -72,12 +69,7 @@ class Served:
             out["model_type"] = (getattr(pipe, "config", None) or {}).get("model_type")
             out["device"] = str(getattr(pipe, "device", "cpu"))
             out["max_input_tokens"] = _safe(lambda: pipe.max_input_tokens)
-            labels = getattr(pipe, "id2label", None)
-            if labels and self.task in ("text-classification", "token-classification"):
-                out["labels"] = [labels[i] for i in sorted(labels)]
-            tok = getattr(pipe, "tokenizer", None)
-            if tok is not None and getattr(tok, "mask_token", None) and self.task == "fill-mask":
-                out["mask_token"] = tok.mask_token
+            out.update(pipe.server_info())  # the task's own facts: labels, mask token
             out["streaming"] = has_token_stream(pipe)
         return out
 
