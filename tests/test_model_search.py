@@ -210,6 +210,7 @@ def test_cli_offline_is_one_line(hub_server, capsys, monkeypatch):
     assert "unknown task 'sentiment'" in capsys.readouterr().err
 
 
+@pytest.mark.fresh
 def test_cli_unreachable_hub_is_one_line_in_a_fresh_process(hub_server):
     endpoint = hub_server.endpoint
     hub_server.stop()  # the port now refuses connections
