@@ -193,8 +193,10 @@ window.fetch = (url, options = {}) => {
 };
 """
 
-# the chat stream delivered one server-sent event every 250 ms, so there is time to press stop
+# the chat stream delivered one server-sent event every `delay` ms, whatever the network bunched
+# together: time to see each piece arrive, and to press stop
 SLOW_CHAT_STREAM = """
+const delay = arguments[0];
 const fastFetch = window.fetch;
 window.fetch = async (url, options = {}) => {
   const response = await fastFetch(url, options);
@@ -203,7 +205,7 @@ window.fetch = async (url, options = {}) => {
   const slow = new TransformStream({
     async transform(chunk, controller) {
       for (const event of decoder.decode(chunk, {stream: true}).split(/(?<=\\n\\n)/)) {
-        await new Promise((resolve) => setTimeout(resolve, 250));
+        await new Promise((resolve) => setTimeout(resolve, delay));
         controller.enqueue(encoder.encode(event));
       }
     },
@@ -351,12 +353,15 @@ def unfilter(kind: int, row: bytearray, previous: bytearray, bpp: int) -> None:
 
 def test_chat_mode_streams_a_conversation(browser, served, tmp_path):
     server, folders = served
+    models = {m["id"]: m for m in httpx.get(server.url + "/info").json()["models"]}
+    assert models[folders["chat"]]["chat"] is True and models[folders["mt"]]["chat"] is False
     open_page(browser, server)
     choose(browser, folders["chat"])
     assert browser.find_element(By.ID, "mode-chat").is_selected()
     assert browser.find_element(By.ID, "run").text == "Send"
     assert not browser.find_elements(By.ID, "text")  # no plain text box in chat mode
     browser.execute_script(WATCH_REPLY)
+    browser.execute_script(SLOW_CHAT_STREAM, 50)
 
     # first turn: a system prompt, a seed, temperature left empty (not sent: OpenAI's default applies)
     type_into(browser, "system", "Answer in one word.")
@@ -411,7 +416,7 @@ def test_chat_mode_streams_a_conversation(browser, served, tmp_path):
 def test_stop_aborts_a_streamed_reply(browser, served):
     server, folders = served
     open_page(browser, server)
-    browser.execute_script(SLOW_CHAT_STREAM)
+    browser.execute_script(SLOW_CHAT_STREAM, 250)
     choose(browser, folders["chat"])
     type_into(browser, "max_new_tokens", "40")
     type_into(browser, "temperature", "0")
@@ -445,7 +450,7 @@ def test_generation_parameters_are_sent_only_when_set(browser, served):
 
     def generate() -> tuple[dict, str]:
         browser.find_element(By.ID, "run").click()
-        wait(browser, lambda d: idle(d) and (d.find_elements(By.ID, "generated") or d.find_elements(By.CSS_SELECTOR, "#result .error")))
+        wait(browser, lambda d: idle(d) and d.find_elements(By.CSS_SELECTOR, "#generated, #result .error"))
         errors = browser.find_elements(By.CSS_SELECTOR, "#result .error")
         assert not errors, errors[0].text
         body = last_body(browser, folders["chat"])
@@ -454,8 +459,9 @@ def test_generation_parameters_are_sent_only_when_set(browser, served):
 
     body, text = generate()  # nothing set but the length: TGI's greedy default
     assert body == {"inputs": "The assert statement", "parameters": {"max_new_tokens": 8}}
-    greedy = pipeline("text-generation", model=folders["chat"])("The assert statement", do_sample=False, max_new_tokens=8,
-                                                                 return_full_text=False)[0]["generated_text"]
+    generator = pipeline("text-generation", model=folders["chat"])
+    greedy = generator("The assert statement", do_sample=False, max_new_tokens=8,
+                       return_full_text=False)[0]["generated_text"]
     assert text == greedy
 
     type_into(browser, "temperature", "0.7")
@@ -533,7 +539,8 @@ def test_truncation_toggle(browser, served):
 
 
 def test_loading_indicator_while_a_model_loads(browser, hub_server, tmp_path):
-    hub_server.add("org/tiny-sentiment", encoder_checkpoint(tmp_path / "cls", "bert", "sequence-classification", **SST2))
+    folder = encoder_checkpoint(tmp_path / "cls", "bert", "sequence-classification", **SST2)
+    hub_server.add("org/tiny-sentiment", folder)
     app = create_app([], allow_load=True)
     with start_in_thread(app) as server:
         browser.get(server.url + "/")
@@ -545,3 +552,20 @@ def test_loading_indicator_while_a_model_loads(browser, hub_server, tmp_path):
         wait(browser, lambda d: "is ready" in d.find_element(By.ID, "load-status").text, 120)
         assert not browser.find_element(By.ID, "load-busy").is_displayed()
         assert "org/tiny-sentiment" in browser.find_element(By.ID, "task-title").text
+
+
+def test_no_chat_mode_without_a_chat_template(browser, tmp_path):
+    folder = tmp_path / "plain"
+    causal_lm_checkpoint(folder, "llama", llama3_tokenizer(folder, chat_template=None))
+    with start_in_thread(create_app([f"text-generation={folder}"])) as server:
+        deadline = time.monotonic() + 60
+        while httpx.get(server.url + "/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (entry,) = httpx.get(server.url + "/info").json()["models"]
+        assert entry["chat"] is False and entry["streaming"] is True
+        open_page(browser, server, models=1)
+        choose(browser, str(folder))
+        assert browser.find_elements(By.ID, "text") and browser.find_elements(By.ID, "temperature")
+        assert not browser.find_elements(By.ID, "mode-chat") and not browser.find_elements(By.ID, "messages")
+        assert browser.find_element(By.ID, "run").text == "Run"
