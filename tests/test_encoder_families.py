@@ -12,6 +12,7 @@ Last, each family's tasks in a fresh process without transformers (tests/fresh_f
 from __future__ import annotations
 
 import json
+import sys
 import shutil
 import warnings
 from pathlib import Path
@@ -377,3 +378,28 @@ def test_zero_shot_classification(folders, kwargs):
     got = ours(ZS_TEXTS, candidate_labels=LABELS, **kwargs)
     assert_same_ranking(got, theirs(ZS_TEXTS, candidate_labels=LABELS, **kwargs))
     assert max(max(r["scores"]) - min(r["scores"]) for r in got) > 0.05, "the tiny classifier should tell labels apart"
+
+
+# -- the same tasks in a fresh process, as a user runs them -------------------------------------
+
+@pytest.mark.fresh
+def test_tasks_in_a_fresh_process(folders, tmp_path):
+    """Each course encoder task through pipeline(task, model=folder) in a child interpreter where
+    transformers and sentence_transformers can't be imported (tests/fresh.py), with the outputs
+    of the same calls in this process."""
+    import fresh_families
+    from fresh import Fresh, assert_clean
+
+    roles = {role: str(folders(role)) for role in ("cls", "ner", "qa", "mlm", "st", "nli")}
+    spec, results = tmp_path / "folders.json", tmp_path / "results.json"
+    spec.write_text(json.dumps(roles))
+    proc, report = Fresh(tmp_path / "fresh").run([sys.executable, fresh_families.__file__, spec, results],
+                                                  folders.family)
+    assert proc.returncode == 0 and results.is_file(), f"the child failed:\n{proc.stdout}\n{proc.stderr}"
+    assert_clean(report, f"{folders.family} child", proc.stderr)
+    got, expected = json.loads(results.read_text()), json.loads(json.dumps(fresh_families.checks(roles)))
+    assert set(got) == {"text-classification", "token-classification", "question-answering", "fill-mask",
+                        "feature-extraction", "zero-shot-classification"}
+    for task, output in got.items():
+        assert not (isinstance(output, dict) and "error" in output), f"{task} fails in a fresh process:\n{output}"
+        assert_same(output, expected[task])
