@@ -380,6 +380,21 @@ def test_zero_shot_classification(folders, kwargs):
     assert max(max(r["scores"]) - min(r["scores"]) for r in got) > 0.05, "the tiny classifier should tell labels apart"
 
 
+def test_mpnet_tokenizer_saved_without_tokenizer_json(tmp_path):
+    """Some MPNet fine-tunes ship only the slow tokenizer's vocab.txt: lightpipe builds the same
+    WordPiece, with MPNet's two separators between a pair's texts."""
+    from lightpipe.tokenization import load
+
+    slow = encoder_checkpoint(tmp_path, "mpnet", "sequence-classification", **SST2)
+    (slow / "tokenizer.json").unlink()
+    theirs, ours = transformers.AutoTokenizer.from_pretrained(str(slow)), load(slow, "mpnet")
+    for text, pair in [(TEXTS[0], None), (TEXTS[1], TEXTS[2]), (SHORT, "<mask> here")]:
+        assert ours.encode(text, pair).ids == theirs(text, pair)["input_ids"]
+    pairs = [{"text": SHORT, "text_pair": t} for t in TEXTS[-2:]]
+    ours_pipe, theirs_pipe = both("text-classification", slow)
+    assert_same(ours_pipe(pairs), theirs_pipe(pairs))
+
+
 # -- the same tasks in a fresh process, as a user runs them -------------------------------------
 
 @pytest.mark.fresh
