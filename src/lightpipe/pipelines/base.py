@@ -210,8 +210,11 @@ class Pipeline:
     def max_positions(self) -> int | None:
         """Longest input the model's position table holds (None: no table in the config)."""
         positions = self.config.get("max_position_embeddings")
-        if positions and self.config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        model_type = self.config.get("model_type")
+        if positions and model_type in ("roberta", "xlm-roberta", "camembert"):
             positions -= (self.config.get("pad_token_id") or 1) + 1  # positions start after padding_idx
+        elif positions and model_type == "mpnet":
+            positions -= 2  # RoBERTa's numbering with padding_idx 1, which MPNet hard-codes
         return positions
 
     @property

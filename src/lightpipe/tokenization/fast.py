@@ -129,7 +129,7 @@ def backend_from_files(folder: Path, source: str, config: dict, model_type: str 
         _bos_eos_post_processor(backend, config, model_type)
     elif source == "vocab.txt":
         with _unreadable(folder / "vocab.txt"):
-            backend = _wordpiece(folder / "vocab.txt", config)
+            backend = _wordpiece(folder / "vocab.txt", config, model_type)
     elif source == "vocab.json + merges.txt":
         with _unreadable(folder / "vocab.json", folder / "merges.txt"):
             backend = _byte_level_bpe(folder, config, model_type)
@@ -189,7 +189,8 @@ def _bos_eos_post_processor(backend: Backend, config: dict, model_type: str | No
     backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
 
 
-def _wordpiece(vocab: Path, config: dict) -> Backend:
+def _wordpiece(vocab: Path, config: dict, model_type: str | None = None) -> Backend:
+    from tokenizers import processors
     from tokenizers.implementations import BertWordPieceTokenizer
 
     tok = BertWordPieceTokenizer(
@@ -203,7 +204,14 @@ def _wordpiece(vocab: Path, config: dict) -> Backend:
         pad_token=token_text(config.get("pad_token")) or "[PAD]",
         mask_token=token_text(config.get("mask_token")) or "[MASK]",
     )
-    return tok._tokenizer
+    backend = tok._tokenizer
+    if model_type == "mpnet" or config.get("tokenizer_class", "").removesuffix("Fast") == "MPNetTokenizer":
+        # MPNet's pairs have two separators between the texts, as RoBERTa's: <s> A </s></s> B </s>
+        cls, sep = token_text(config.get("cls_token")) or "<s>", token_text(config.get("sep_token")) or "</s>"
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 {sep}:0 $B:1 {sep}:1",
+            special_tokens=[(cls, backend.token_to_id(cls)), (sep, backend.token_to_id(sep))])
+    return backend
 
 
 def _byte_level_bpe(folder: Path, config: dict, model_type: str | None) -> Backend:
