@@ -22,7 +22,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from compare import assert_same
+from compare import assert_found_entities, assert_same
 from lightpipe import loading, pipeline
 from lightpipe.loading import load_model
 from test_ner_qa_zeroshot import (BIO, CONTEXTS, LABELS, LONG, NER_TEXTS, QUESTION, SHORT, ZS_TEXTS,
@@ -324,7 +324,7 @@ def test_token_classification(folders, strategy):
     ours, theirs = both("ner", folders("ner"))
     got = ours(NER_TEXTS, aggregation_strategy=strategy, truncation=True)  # LONG: transformers truncates silently
     assert_same(got, plain(theirs(NER_TEXTS, aggregation_strategy=strategy)))
-    assert all(got), "every text should have entities, or the test proves little"
+    assert_found_entities(got)
     if strategy != "none":  # the long text in overlapping windows
         assert_same(ours([LONG, SHORT], aggregation_strategy=strategy, stride=12),
                     plain(theirs([LONG, SHORT], aggregation_strategy=strategy, stride=12)))
