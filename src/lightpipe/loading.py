@@ -33,6 +33,8 @@ FAMILIES = {
     "xlm-roberta": "bert",
     "camembert": "bert",
     "distilbert": "distilbert",
+    "deberta-v2": "deberta_v2",
+    "albert": "albert",
     "gpt2": "gpt2",
     "llama": "llama",
     "mistral": "llama",
