@@ -183,3 +183,16 @@ def test_zero_shot_nli_matches_transformers(nli, kwargs):
     assert_same_ranking(got, theirs(texts, candidate_labels=LABELS, **kwargs))
     assert max(max(r["scores"]) - min(r["scores"]) for r in got) > 0.05, "the classifier should tell labels apart"
     assert_same_ranking(ours(SHORT, LABELS, **kwargs), theirs(SHORT, LABELS, **kwargs))
+
+
+# -- from the Hub, as microsoft/deberta-v3-base ships: spm.model and no tokenizer.json --------
+
+def test_deberta_v3_repo_without_tokenizer_json_downloads_and_runs(hub_server, checkpoint):
+    folder = checkpoint("deberta-v2", "masked-lm", "bare")
+    hub_server.add("microsoft/deberta-v3-tiny", folder)
+    ours = pipeline("fill-mask", model="microsoft/deberta-v3-tiny")
+    downloaded = {p.name for p in ours.folder.iterdir()}
+    assert {"spm.model", "tokenizer_config.json"} <= downloaded and "tokenizer.json" not in downloaded
+    theirs = reference("fill-mask", ours.folder)
+    text = "Python lists are [MASK] sequences."
+    assert_same(ours(text, top_k=3), theirs(text, top_k=3))
