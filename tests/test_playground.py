@@ -4,6 +4,7 @@ score bars, entity spans, the QA answer highlighted, the similarity table, strea
 generation — and search Hub models by task and language. Screenshots land in the test's
 tmp dir."""
 
+import json
 import os
 import shutil
 import time
@@ -150,15 +151,23 @@ def test_playground_in_chromium(browser, served, tmp_path, hub_server):
                                                                   return_full_text=False)[0]["generated_text"]
     assert browser.find_element(By.ID, "generated-text").get_attribute("textContent") == expected
 
-    # model search by task and language, through the server, against the fake Hub
-    hub_server.add("org/en-fr", {"config.json": "{}"}, pipeline_tag="translation", tags=["fr"], downloads=50)
-    hub_server.add("org/en-fr-big", {"config.json": "{}"}, pipeline_tag="translation", tags=["fr"], downloads=900)
-    hub_server.add("org/en-de", {"config.json": "{}"}, pipeline_tag="translation", tags=["de"], downloads=5000)
+    # model search by task and language, through the server, against the fake Hub: the models
+    # lightpipe loads first, the others greyed with the reason
+    marian = json.dumps({"model_type": "marian", "architectures": ["MarianMTModel"]})
+    weights = {"model.safetensors": b"\0" * 8}
+    hub_server.add("org/en-fr", {"config.json": marian, **weights}, pipeline_tag="translation", tags=["fr"], downloads=50)
+    hub_server.add("org/en-fr-big", {"config.json": marian, **weights}, pipeline_tag="translation", tags=["fr"], downloads=900)
+    hub_server.add("org/en-fr-pickle", {"config.json": marian, "pytorch_model.bin": b"\0" * 8},
+                   pipeline_tag="translation", tags=["fr"], downloads=3000)
+    hub_server.add("org/en-de", {"config.json": marian, **weights}, pipeline_tag="translation", tags=["de"], downloads=5000)
     Select(browser.find_element(By.ID, "search-task")).select_by_value("translation")
     type_into(browser, "search-language", "fr")
     browser.find_element(By.ID, "search-btn").click()
-    items = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#search-results li .model-id"))
-    assert [i.text for i in items] == ["org/en-fr-big", "org/en-fr"]
+    items = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#search-results li"))
+    assert [i.find_element(By.CLASS_NAME, "model-id").text for i in items] == ["org/en-fr-big", "org/en-fr", "org/en-fr-pickle"]
+    assert [i.get_attribute("class") for i in items] == ["", "", "unloadable"]
+    assert float(items[2].value_of_css_property("opacity")) < 1 and float(items[0].value_of_css_property("opacity")) == 1
+    assert items[2].find_element(By.CLASS_NAME, "reason").text.startswith("can't load: pickle weights only")
     browser.save_screenshot(str(shots / "search.png"))
 
     for name in ("classification", "ner", "qa", "similarity", "generation", "search"):

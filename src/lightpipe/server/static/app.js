@@ -120,16 +120,18 @@ async function searchModels() {
   if ($("search-language").value.trim()) params.set("language", $("search-language").value.trim());
   if ($("search-text").value.trim()) params.set("search", $("search-text").value.trim());
   params.set("limit", "20");
+  params.set("all", "true");  // loadable ones first; the others greyed, saying why
   $("search-status").textContent = "searching…";
   $("search-results").replaceChildren();
   try {
     const models = await api("/api/models?" + params);
     $("search-status").textContent = models.length ? "" : "no model matches";
     $("search-results").replaceChildren(...models.map((m) => {
-      const use = info.allow_load ? el("button", { type: "button", title: "put this id in the load box",
+      const use = info.allow_load && m.loads ? el("button", { type: "button", title: "put this id in the load box",
         onclick: () => { $("load-id").value = m.id; if (m.pipeline_tag && TASKS.includes(m.pipeline_tag)) $("load-task").value = m.pipeline_tag; $("load-id").focus(); } }, "use") : null;
-      return el("li", {}, el("span", { class: "model-id" }, m.id),
-        el("span", { class: "muted" }, ` ${m.pipeline_tag || ""} · ↓${fmt(m.downloads)} · ♥${fmt(m.likes)}`), use);
+      const why = m.reason ? el("div", { class: "reason" }, (m.loads ? "" : "can't load: ") + m.reason) : null;
+      return el("li", { class: m.loads ? "" : "unloadable" }, el("span", { class: "model-id" }, m.id),
+        el("span", { class: "muted" }, ` ${m.pipeline_tag || ""} · ${m.model_type || "?"} · ↓${fmt(m.downloads)} · ♥${fmt(m.likes)}`), use, why);
     }));
   } catch (e) {
     $("search-status").textContent = e.message;
