@@ -144,6 +144,21 @@ def test_relative_buckets_are_exercised(checkpoint):
         tiny_config("deberta-v3", position_buckets=-1).to_dict()), "cpu")).any()
 
 
+@pytest.mark.parametrize(("length", "buckets", "max_position"), [(600, 256, 512), (3000, 256, 512), (1100, 256, 1024)])
+def test_relative_buckets_of_real_checkpoints(length, buckets, max_position):
+    """DeBERTa-v3's 256 buckets over 512 positions (mDeBERTa's too), at lengths past the table:
+    the same bucket for every distance as transformers computes."""
+    from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position
+
+    from lightpipe.models.deberta_v2 import log_bucket_position
+
+    ids = torch.arange(length)
+    relative = ids[:, None] - ids[None, :]
+    ours = log_bucket_position(relative, buckets, max_position)
+    assert torch.equal(ours, make_log_bucket_position(relative, buckets, max_position))
+    assert ours.abs().max() < max_position  # far distances share buckets: no hard length limit
+
+
 @pytest.mark.parametrize("variant", ["deberta-v3", "albert"])
 def test_masked_lm_decoder_is_tied_to_embeddings(checkpoint, variant):
     model, _ = load_model(checkpoint(variant, "masked-lm")[0])

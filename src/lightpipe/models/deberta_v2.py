@@ -84,10 +84,10 @@ def log_bucket_position(relative: torch.Tensor, bucket_size: int, max_position: 
     max_position (transformers' make_log_bucket_position, op for op so buckets round alike)."""
     sign = torch.sign(relative)
     mid = bucket_size // 2
-    abs_pos = torch.where((relative < mid) & (relative > -mid), torch.tensor(mid - 1).type_as(relative),
+    abs_pos = torch.where((relative < mid) & (relative > -mid), torch.tensor(mid - 1, device=relative.device),
                           torch.abs(relative))
-    log_pos = torch.ceil(torch.log(abs_pos / mid) / torch.log(torch.tensor((max_position - 1) / mid))
-                         * (mid - 1)) + mid
+    log_max = torch.log(torch.tensor((max_position - 1) / mid, device=relative.device))  # float32, as transformers
+    log_pos = torch.ceil(torch.log(abs_pos / mid) / log_max * (mid - 1)) + mid
     return torch.where(abs_pos <= mid, relative.type_as(log_pos), log_pos * sign)
 
 
