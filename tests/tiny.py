@@ -548,3 +548,94 @@ def causal_lm_checkpoint(folder: Path, model_type: str, tokenizer, seed: int = 0
         with torch.no_grad():
             model.lm_head.weight.mul_(sharpen)
     return save_checkpoint(folder, model.eval(), tokenizer)
+
+
+# -- sentencepiece encoders: DeBERTa-v2/v3 and ALBERT ----------------------------------------------
+
+# The files a real repo ships, as `form`:
+#   "saved"      what save_pretrained writes: tokenizer.json, the sentencepiece model, tokenizer_config.json,
+#                special_tokens_map.json (MoritzLaurer/DeBERTa-v3-*-mnli*, ALBERT fine-tunes)
+#   "slow"       the same without tokenizer.json: lightpipe converts the sentencepiece model
+#   "bare"       the sentencepiece model alone, with microsoft/deberta-v3-base's two-key tokenizer_config
+#                for DeBERTa: the class defaults give every special token
+#   "json-only"  tokenizer.json + the sentencepiece model, no tokenizer_config (albert-base-v2)
+SPM_FORMS = ("saved", "slow", "bare", "json-only")
+# "1, 2, 3," lines give the vocabulary digit-comma pieces, which ALBERT's converter demotes by 100
+NUMBER_LINES = ("Counted 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 20, 30, 40 and 50, then 3,5 and 7,25.",) * 40
+
+
+def _spm_form(folder: Path, tok, form: str, model_file: str, bare_config: dict | None = None) -> None:
+    import json
+
+    if form not in SPM_FORMS:
+        raise ValueError(f"form must be one of {SPM_FORMS}, got {form!r}")
+    tok.save_pretrained(folder)
+    drop = {"saved": [], "slow": ["tokenizer.json"], "json-only": ["tokenizer_config.json", "special_tokens_map.json",
+                                                                   "added_tokens.json"],
+            "bare": ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"]}[form]
+    for name in drop:
+        (folder / name).unlink(missing_ok=True)
+    if form == "bare" and bare_config is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps(bare_config))
+    assert (folder / model_file).is_file()
+
+
+def deberta_tokenizer(folder: Path, form: str = "saved", vocab_size: int = 400, **options):
+    """DeBERTa-v3 style: a unigram spm.model with [PAD] 0, [CLS] 1, [SEP] 2, [UNK] 3 ([MASK] comes
+    after the pieces), saved through DebertaV2TokenizerFast (model_max_length 128 unless "bare")."""
+    from transformers import DebertaV2TokenizerFast
+
+    folder = Path(folder)
+    spm = spm_model(folder / "spm.model", corpus()[:1500], vocab_size, pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+                    pad_piece="[PAD]", bos_piece="[CLS]", eos_piece="[SEP]", unk_piece="[UNK]")
+    tok = DebertaV2TokenizerFast(str(spm), model_max_length=128, **options)
+    _spm_form(folder, tok, form, "spm.model", {"do_lower_case": False, "vocab_type": "spm"})
+    return tok
+
+
+def albert_tokenizer(folder: Path, form: str = "saved", vocab_size: int = 400, **options):
+    """ALBERT style: spiece.model trained with ALBERT's own spm_train options (<pad> 0, <unk> 1,
+    [CLS] [SEP] [MASK] control symbols, punctuation user symbols), saved through AlbertTokenizerFast
+    (lowercasing, accents stripped, model_max_length 128 unless "bare")."""
+    from transformers import AlbertTokenizerFast
+
+    folder = Path(folder)
+    spm = spm_model(folder / "spiece.model", list(corpus()[:1500]) + list(NUMBER_LINES), vocab_size, pad_id=0,
+                    unk_id=1, bos_id=-1, eos_id=-1, control_symbols=["[CLS]", "[SEP]", "[MASK]"],
+                    user_defined_symbols=["(", ")", '"', "-", ".", "–", "£", "€"])
+    tok = AlbertTokenizerFast(str(spm), model_max_length=128, **options)
+    _spm_form(folder, tok, form, "spiece.model")
+    return tok
+
+
+SPM_ENCODERS = {
+    # DeBERTa-v3's shape: relative attention only, shared position keys, log buckets past 8 (real: 128)
+    "deberta-v2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                       max_position_embeddings=128, relative_attention=True, position_buckets=16,
+                       max_relative_positions=64, pos_att_type="p2c|c2p", share_att_key=True,
+                       norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0,
+                       layer_norm_eps=1e-7),
+    # albert-base-v2's shape: one shared layer run num_hidden_layers times, narrow embeddings
+    "albert": dict(embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                   intermediate_size=64, max_position_embeddings=128),
+}
+
+
+def spm_encoder_checkpoint(folder: Path, model_type: str, head: str = "sequence-classification", seed: int = 0,
+                           form: str = "saved", **overrides) -> Path:
+    """A tiny random deberta-v2 or albert checkpoint with its sentencepiece tokenizer in `form`."""
+    import transformers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = (deberta_tokenizer if model_type == "deberta-v2" else albert_tokenizer)(folder, form)
+    kw = SPM_ENCODERS[model_type] | dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    config = transformers.AutoConfig.for_model(model_type, **(kw | overrides))
+    torch.manual_seed(seed)
+    model = getattr(transformers, ENCODER_HEADS[head]).from_config(config)
+    with torch.no_grad():  # outputs decisive, as encoder_checkpoint's
+        for name, p in model.named_parameters():
+            if "classifier" in name or "qa_outputs" in name:
+                p.normal_(0, 0.5)
+    model.eval().save_pretrained(folder, safe_serialization=True)
+    return folder

