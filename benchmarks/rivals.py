@@ -16,9 +16,10 @@ quality column; the end prints the issue's table in Markdown.
 
 Threads: torch.set_num_threads(--threads) for transformers, sentence-transformers and lightpipe;
 ORT intra_op_num_threads=--threads, inter_op_num_threads=1; CTranslate2 intra_threads=--threads,
-inter_threads=1. Each engine is loaded, warmed up, timed (best of --repeat; summarization once)
-and released before the next one, so no thread pool idles beside another and memory stays low.
-Load and conversion times are not counted; tokenization is, for every engine.
+inter_threads=1. Each engine is loaded, warmed up, timed (best of --repeat, fewer once 30 s are
+spent; summarization once) and released before the next one, so no thread pool idles beside
+another and memory stays low. Load and conversion times are not counted; tokenization is, for
+every engine.
 
 Checkpoints: except MiniLM, random weights in the real architectures' shapes (speed doesn't
 depend on weight values), built like the other benchmarks (encoders.py, generation.py,
@@ -92,13 +93,17 @@ WORKLOADS = ["embeddings", "classification", "decoding", "summarization", "cold-
 
 # ---- measuring and printing ----
 
-def best_time(fn, repeat: int):
-    """(best wall time of `repeat` calls, the last call's result)."""
-    best, out = math.inf, None
+def best_time(fn, repeat: int, budget: float = 30.0):
+    """(best wall time of up to `repeat` calls, the last call's result); no further call starts
+    once `budget` seconds are spent, so slow engines don't stretch the run."""
+    best, out, spent = math.inf, None, 0.0
     for _ in range(repeat):
         start = time.perf_counter()
         out = fn()
-        best = min(best, time.perf_counter() - start)
+        took = time.perf_counter() - start
+        best, spent = min(best, took), spent + took
+        if spent > budget:
+            break
     return best, out
 
 
