@@ -290,7 +290,8 @@ class BartForConditionalGeneration(Model):
         return self.model.encoder(input_ids, attention_mask)
 
     def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
-        cfg, w = self.config, self.lm_head.weight
+        # the token embedding's dtype: quantize="int8" turns lm_head's weight into int8
+        cfg, w = self.config, self.model.decoder.embed_tokens.weight
         heads = cfg.decoder_attention_heads
         head_dim = cfg.d_model // heads
         return KVCache(cfg.decoder_layers, batch, heads, max_len, head_dim, dtype or w.dtype, device or w.device)

@@ -268,7 +268,8 @@ class T5ForConditionalGeneration(T5Model):
         self.tie_weights()
 
     def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
-        cfg, w = self.config, self.lm_head.weight
+        # the token embedding's dtype: quantize="int8" turns lm_head's weight into int8
+        cfg, w = self.config, self.shared.weight
         layers, heads = cfg.num_decoder_layers, cfg.num_heads
         return KVCache(layers, batch, heads, max_len, cfg.d_kv, dtype or w.dtype, device or w.device)
 
