@@ -157,6 +157,20 @@ def test_int8(checkpoint):
 
 
 @pytest.mark.parity
+def test_bfloat16_where_the_cpu_has_it(checkpoint):
+    """dtype= becomes CTranslate2's compute type where this CPU computes it, else a clear error."""
+    import ctranslate2
+
+    folder = checkpoint("bert", "sequence-classification")
+    if "bfloat16" not in ctranslate2.get_supported_compute_types("cpu"):
+        with pytest.raises(ValueError, match=r"can't compute in bfloat16 on this CPU .*it offers \["):
+            pipeline("text-classification", model=folder, backend="ctranslate2", dtype="bfloat16")
+        return
+    ours, ct2 = both("text-classification", folder, dtype="bfloat16")
+    assert_same(ct2(TEXTS, top_k=None), ours(TEXTS, top_k=None), tol=2e-2)
+
+
+@pytest.mark.parity
 def test_threads_follow_torch(checkpoint, monkeypatch):
     import ctranslate2
 
@@ -230,9 +244,9 @@ def test_unknown_backend_and_device(checkpoint):
         pipeline("feature-extraction", model=folder, backend="onnx")
     # checked before the weights load (a machine without a GPU fails on device= itself first)
     with pytest.raises(ValueError, match="backend='ctranslate2' runs on the CPU.*device='cuda'"):
-        backend.check({"model_type": "bert"}, "cuda")
+        backend.check({"model_type": "bert"}, torch.device("cuda"))
     with pytest.raises(ValueError, match="no 'quick_gelu' activation"):
-        backend.check({"model_type": "bert", "hidden_act": "quick_gelu"}, None)
+        backend.check({"model_type": "bert", "hidden_act": "quick_gelu"}, torch.device("cpu"))
 
 
 @pytest.mark.unit

@@ -110,7 +110,7 @@ def build_pipeline(task=None, model=None, *, revision=None, device=None, dtype=N
         spec, extra = normalize_task(task)
         check_translation_default(task, extra)
         model, revision = spec.default_model, revision or spec.default_revision
-    resolve_device(device)  # a device this machine lacks fails before any download
+    resolved = resolve_device(device)  # a device this machine lacks fails before any download
     folder = hub.resolve(model, revision, allow_pickle=allow_pickle, token=token)
     config = read_config(folder)
     # a model without a task: the task its checkpoint's head is for
@@ -119,7 +119,7 @@ def build_pipeline(task=None, model=None, *, revision=None, device=None, dtype=N
     if backend == "ctranslate2":
         from .backends import ctranslate2
 
-        ctranslate2.check(config, device)  # an unsupported model or a missing package fails before the weights load
+        ctranslate2.check(config, resolved)  # an unsupported model or a missing package fails before the weights load
     net, config = load_model(folder, cls.head_for(config), dtype=dtype, device=device, allow_pickle=allow_pickle)
     if backend == "ctranslate2":
         net = ctranslate2.attach(net, config, quantize=quantize)

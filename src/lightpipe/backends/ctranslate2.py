@@ -47,9 +47,10 @@ def import_ctranslate2():
     return ctranslate2
 
 
-def check(config: dict, device) -> None:
+def check(config: dict, device: torch.device) -> None:
     """Fail before the weights load: a model type CTranslate2's encoder can't express, a
-    device other than the CPU, or the package missing."""
+    device other than the CPU (`device`: as loading.resolve_device gives it), or the package
+    missing."""
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
         raise ValueError(f"backend='ctranslate2' runs {', '.join(MODEL_TYPES)} encoders, not model_type "
@@ -61,8 +62,8 @@ def check(config: dict, device) -> None:
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"backend='ctranslate2' runs absolute positions only, not position_embedding_type "
                          f"{config['position_embedding_type']!r}")
-    if device is not None and torch.device(device).type != "cpu":
-        raise ValueError(f"backend='ctranslate2' runs on the CPU in lightpipe, not device={device!r}; "
+    if device.type != "cpu":
+        raise ValueError(f"backend='ctranslate2' runs on the CPU in lightpipe, not device='{device}'; "
                          "use backend='torch' on an accelerator")
     import_ctranslate2()
 
