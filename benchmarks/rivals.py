@@ -1,6 +1,7 @@
 """lightpipe vs the fastest CPU inference engines (issue 15), in one process, on the same inputs,
 with the same number of threads each: sentence-transformers / transformers 4.57.6, lightpipe
-float32 and quantize="int8", ONNX Runtime float32 / int8, CTranslate2 float32 / int8.
+float32 and quantize="int8", lightpipe with backend="ctranslate2" float32 / int8 (encoders),
+ONNX Runtime float32 / int8, CTranslate2 float32 / int8.
 
     pip install -e '.[bench]'   # onnxruntime, onnx, optimum[onnxruntime], ctranslate2 + the references
     python benchmarks/rivals.py [--quick] [--threads 2] [--only WORKLOAD ...] [--rebuild]
@@ -27,6 +28,12 @@ summarization.py). ORT and CTranslate2 are converted from those same folders
 (benchmarks/rival_engines.py says how: optimum export + ORT's BERT fusions, quantize_dynamic,
 TransformersConverter); checkpoints and conversions are cached in $TMPDIR/lightpipe-bench-rivals
 (the first run spends several minutes converting, mostly distilbart); --rebuild starts afresh.
+
+lightpipe ct2 (embeddings, classification): `pipeline(..., backend="ctranslate2")` and
+quantize="int8" with it, i.e. lightpipe's pipeline with the encoder's layers in CTranslate2,
+built from lightpipe's loaded weights at load time (not counted, like every conversion); the
+gap between it and the bare CTranslate2 column is what lightpipe's pipeline costs around the
+same engine.
 
 How the rivals are driven, where they lack a pipeline:
   - ORT encoders: our loop over length-sorted batches of 32 (as sentence-transformers does),
@@ -86,7 +93,8 @@ from tiny import sentences  # noqa: E402
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 CACHE = Path(tempfile.gettempdir()) / "lightpipe-bench-rivals"
-COLUMNS = ["reference", "lightpipe fp32", "lightpipe int8", "ORT fp32", "ORT int8", "CT2 fp32", "CT2 int8"]
+COLUMNS = ["reference", "lightpipe fp32", "lightpipe int8", "lightpipe ct2 fp32", "lightpipe ct2 int8", "ORT fp32",
+           "ORT int8", "CT2 fp32", "CT2 int8"]
 BASELINE = "lightpipe fp32"
 WORKLOADS = ["embeddings", "classification", "decoding", "summarization", "cold-start"]
 
@@ -191,6 +199,9 @@ def ort_engines(exported: Path, int8: Path):
 
 
 CT2_ENGINES = [("CTranslate2 fp32", "CT2 fp32", "float32"), ("CTranslate2 int8", "CT2 int8", "int8")]
+# lightpipe's encoder rows: (column, quantize, backend)
+LIGHTPIPE_ENGINES = [("lightpipe fp32", None, "torch"), ("lightpipe int8", "int8", "torch"),
+                     ("lightpipe ct2 fp32", None, "ctranslate2"), ("lightpipe ct2 int8", "int8", "ctranslate2")]
 
 
 # ---- embeddings: the real all-MiniLM-L6-v2 ----
@@ -224,11 +235,11 @@ def embeddings(args) -> Table:
         return timed(lambda t: model.encode(t, batch_size=bs, convert_to_numpy=True))
 
     run_engine(table, "sentence-transformers fp32", "reference", st)
-    for label, column, quantize in [("lightpipe fp32", "lightpipe fp32", None), ("lightpipe int8", "lightpipe int8", "int8")]:
-        def lp(quantize=quantize):
-            ours = pipeline("feature-extraction", model=folder, quantize=quantize)
+    for column, quantize, backend in LIGHTPIPE_ENGINES:
+        def lp(quantize=quantize, backend=backend):
+            ours = pipeline("feature-extraction", model=folder, quantize=quantize, backend=backend)
             return timed(lambda t: ours.embed(t, batch_size=bs).numpy())
-        run_engine(table, label, column, lp)
+        run_engine(table, column, column, lp)
 
     def ort_run(session):
         feeds = {i.name for i in session.get_inputs()}
@@ -316,11 +327,11 @@ def classification(args) -> Table:
         return timed(lambda t: p_positive(clf(t, batch_size=bs)))
 
     run_engine(table, "transformers pipeline fp32", "reference", theirs)
-    for label, column, quantize in [("lightpipe fp32", "lightpipe fp32", None), ("lightpipe int8", "lightpipe int8", "int8")]:
-        def lp(quantize=quantize):
-            ours = pipeline("text-classification", model=folder, quantize=quantize)
+    for column, quantize, backend in LIGHTPIPE_ENGINES:
+        def lp(quantize=quantize, backend=backend):
+            ours = pipeline("text-classification", model=folder, quantize=quantize, backend=backend)
             return timed(lambda t: p_positive(ours(t, batch_size=bs)))
-        run_engine(table, label, column, lp)
+        run_engine(table, column, column, lp)
 
     def ort(which):
         exported = rivals.onnx_export(folder, CACHE / "distilbert-sst2-onnx", "text-classification")
@@ -578,10 +589,12 @@ def markdown(tables: list[Table]) -> str:
         return " / ".join("–" if r is None else fmt(r) for r in rates)
 
     lines = ["| workload | sentence-transformers / transformers | lightpipe fp32 | lightpipe int8 | "
-             "ONNX Runtime fp32 / int8 | CTranslate2 fp32 / int8 |", "|---|---|---|---|---|---|"]
+             "lightpipe ct2 fp32 / int8 | ONNX Runtime fp32 / int8 | CTranslate2 fp32 / int8 |",
+             "|---|---|---|---|---|---|---|"]
     for t in tables:
         lines.append(f"| {t.title}, {t.unit} | {cell(t, 'reference')} | {cell(t, 'lightpipe fp32')} | "
-                     f"{cell(t, 'lightpipe int8')} | {cell(t, 'ORT fp32', 'ORT int8')} | {cell(t, 'CT2 fp32', 'CT2 int8')} |")
+                     f"{cell(t, 'lightpipe int8')} | {cell(t, 'lightpipe ct2 fp32', 'lightpipe ct2 int8')} | "
+                     f"{cell(t, 'ORT fp32', 'ORT int8')} | {cell(t, 'CT2 fp32', 'CT2 int8')} |")
     return "\n".join(lines)
 
 

@@ -61,7 +61,8 @@ def cmd_run(args) -> None:
             window = pipeline_class(normalize_task(args.task)[0]).file_window
         check_run(args.input, args.output, args.format, window, args.on_error)
     pipe = pipeline(args.task, model=args.model, revision=args.revision, device=args.device, dtype=args.dtype,
-                    batch_size=args.batch_size, allow_pickle=args.allow_pickle)
+                    quantize=args.quantize, backend=args.backend, batch_size=args.batch_size,
+                    allow_pickle=args.allow_pickle)
     if args.input:
         if args.texts:
             raise ValueError("give TEXT arguments or --input FILE, not both")
@@ -180,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--revision")
     run.add_argument("--device", help="cpu, cuda, cuda:1")
     run.add_argument("--dtype", help="auto, float32, bfloat16, float16")
+    run.add_argument("--quantize", choices=["int8"], help="int8: int8 linear layers (weight-only with the torch backend)")
+    run.add_argument("--backend", choices=["torch", "ctranslate2"], default="torch",
+                     help="the engine of BERT-style encoders: torch (default) or ctranslate2 (pip install "
+                          "'lightpipe[ctranslate2]')")
     run.add_argument("--batch-size", type=int)
     run.add_argument("--allow-pickle", action="store_true", help="allow pickled pytorch_model.bin weights")
     run.add_argument("--input", help="rows to run: .txt (a text per line), .jsonl, .csv, .tsv or .parquet; - for stdin")

@@ -91,8 +91,9 @@ def pipeline_class(task: Task):
 
 def build_pipeline(task=None, model=None, *, revision=None, device=None, dtype=None, tokenizer=None,
                    allow_pickle: bool = False, trust_remote_code=None, token=None, quantize=None,
-                   batch_size=None, **kwargs):
+                   batch_size=None, backend: str = "torch", **kwargs):
     from . import hub
+    from .backends import BACKENDS
     from .loading import checkpoint_head, load_model, read_config, resolve_device
 
     if trust_remote_code:
@@ -103,18 +104,26 @@ def build_pipeline(task=None, model=None, *, revision=None, device=None, dtype=N
         raise TypeError(f"model must be a Hub id or a local folder path, got {type(model).__name__}")
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if model is None:
         spec, extra = normalize_task(task)
         check_translation_default(task, extra)
         model, revision = spec.default_model, revision or spec.default_revision
-    resolve_device(device)  # a device this machine lacks fails before any download
+    resolved = resolve_device(device)  # a device this machine lacks fails before any download
     folder = hub.resolve(model, revision, allow_pickle=allow_pickle, token=token)
     config = read_config(folder)
     # a model without a task: the task its checkpoint's head is for
     spec, extra = normalize_task(task if task is not None else HEAD_TASKS[checkpoint_head(config)])
     cls = pipeline_class(spec)
+    if backend == "ctranslate2":
+        from .backends import ctranslate2
+
+        ctranslate2.check(config, resolved)  # an unsupported model or a missing package fails before the weights load
     net, config = load_model(folder, cls.head_for(config), dtype=dtype, device=device, allow_pickle=allow_pickle)
-    if quantize == "int8":
+    if backend == "ctranslate2":
+        net = ctranslate2.attach(net, config, quantize=quantize)
+    elif quantize == "int8":
         from .quantize import quantize_int8
 
         net = quantize_int8(net)
