@@ -136,12 +136,14 @@ def test_cached_decoding_matches_full_pass(case, chunks):
     ids, mask, dec = batch(reference.config)
     enc = ours.encode(ids, mask)
     full = ours.decode(dec, encoder_hidden=enc, encoder_mask=mask)
-    cache = ours.new_cache(dec.shape[0], dec.shape[1] + 2)
+    cache = ours.new_cache()
+    rows = cache.add_rows(dec.shape[0], dec.shape[1] + 2, cross=ids.shape[1])
     pieces, start = [], 0
-    for n in chunks:  # decode() writes at the cursor and advances it itself (engine protocol)
-        pieces.append(ours.decode(dec[:, start : start + n], encoder_hidden=enc, encoder_mask=mask, cache=cache))
+    for n in chunks:  # the first pass stores the encoder keys (cross_mask), later ones read them
+        cache.begin(rows, None, n, cross_mask=mask if start == 0 else None)
+        pieces.append(ours.decode(dec[:, start : start + n], encoder_hidden=enc if start == 0 else None, cache=cache))
         start += n
-    assert cache.length == dec.shape[1] and len(cache.cross) > 0
+    assert [cache.length(r) for r in rows] == [dec.shape[1]] * dec.shape[0]
     torch.testing.assert_close(torch.cat(pieces, 1), full, **TOL)
     # the cached run must also agree with transformers, not just with ourselves
     theirs = reference(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits

@@ -234,12 +234,7 @@ def test_stream_follows_the_prompt_options(folder):
 def streamed(pipe, prompt: list[int], new: list[int]) -> tuple[list[str], str]:
     """The pieces stream() makes of `new` arriving one token at a time after `prompt`, and the
     text the call returns for them (return_full_text=False)."""
-    import queue
-
-    tokens = queue.Queue()
-    for token in new + [None]:
-        tokens.put(token)
-    pieces = list(pipe._pieces(tokens, pipe.generation, {}, prompt))
+    pieces = list(pipe._pieces(iter(new), pipe.generation, {}, prompt))
     decode = pipe.text_decoder()
     return pieces, decode(prompt + new)[len(decode(prompt)):]
 
