@@ -222,6 +222,31 @@ def test_stream_yields_the_same_text(folder):
         ours(long, do_sample=False, max_new_tokens=12, return_full_text=False)[0]["generated_text"]
 
 
+def test_stream_runs_on_the_callers_thread_and_closing_it_stops_generation(tmp_path):
+    """No thread, no queue: each piece costs the forward passes that made it, and a consumer
+    that stops reading stops the compute at once."""
+    import threading
+
+    ours = pipeline("text-generation", model=causal_lm_checkpoint(tmp_path, "gpt2", gpt2_tokenizer(tmp_path)))
+    passes, threads = [], []
+
+    def count(*_):
+        passes.append(1)
+        threads.append(threading.get_ident())
+
+    hook = ours.model.register_forward_hook(count)
+    try:
+        stream = ours.stream(PROMPTS[1], do_sample=False, max_new_tokens=40, eos_token_id=-1)
+        before = threading.active_count()
+        pieces = [next(stream) for _ in range(3)]
+        assert threading.active_count() == before and set(threads) == {threading.get_ident()}
+        made = len(passes)
+        stream.close()
+        assert len(passes) == made and made < 40 and pieces
+    finally:
+        hook.remove()
+
+
 def test_stream_follows_the_prompt_options(folder):
     """stream() encodes the prompt as the call does (prefix, add_special_tokens)."""
     ours = pipeline("text-generation", model=folder)
