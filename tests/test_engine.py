@@ -375,6 +375,26 @@ def test_a_request_that_does_not_fit_waits_then_runs(decoders):
                                         "do_sample": True})
 
 
+def test_oversized_alone_runs_a_request_larger_than_the_budget_by_itself(decoders):
+    """A pipeline call's engine: a prompt larger than the whole budget waits for the cache to
+    empty, runs alone, and the requests behind it wait for it."""
+    ref, ours = decoders["gpt2"]
+    with pytest.raises(ValueError, match="oversized"):
+        Engine(ours, oversized="grow")
+    engine = Engine(ours, kv_budget_tokens=60, oversized="alone")
+    ids = [prompt(20, 1), prompt(70, 2), prompt(4, 3)]  # 29, 79 (> 60), 13 positions
+    small, big, after = [engine.submit(x, **GREEDY) for x in ids]
+    engine.step()
+    assert engine.cache.rows == 1  # `small` runs; `big` doesn't fit beside it, `after` waits behind `big`
+    engine.run([small])
+    engine.step()
+    assert engine.cache.rows == 1 and big.tokens[0] and not after.tokens[0]
+    assert engine.cache.tokens_needed() > 60  # alone, past the budget
+    engine.run([big])
+    engine.run([after])
+    assert [h.tokens[0] for h in (small, big, after)] == [alone(ref, x) for x in ids]
+
+
 def test_first_come_first_served(decoders):
     """A request that doesn't fit holds back the smaller ones behind it (no starvation)."""
     _, ours = decoders["gpt2"]

@@ -247,6 +247,19 @@ def test_stream_runs_on_the_callers_thread_and_closing_it_stops_generation(tmp_p
         hook.remove()
 
 
+def test_a_prompt_larger_than_the_kv_budget_still_runs(tmp_path, monkeypatch):
+    """The pipeline's engine runs a prompt larger than its KV budget alone (the budget decides
+    what runs together, not whether a prompt can run); the results are the same."""
+    import lightpipe.pipelines.generative as generative
+
+    ours = pipeline("text-generation", model=causal_lm_checkpoint(tmp_path, "gpt2", gpt2_tokenizer(tmp_path)))
+    options = dict(do_sample=False, max_new_tokens=10, return_full_text=False)
+    roomy = ours(PROMPTS, **options)
+    monkeypatch.setattr(generative, "KV_BUDGET_TOKENS", 12)  # smaller than any prompt + 10 new tokens
+    assert ours(PROMPTS, **options) == roomy
+    assert "".join(ours.stream(PROMPTS[1], do_sample=False, max_new_tokens=10)) == roomy[1][0]["generated_text"]
+
+
 def test_stream_follows_the_prompt_options(folder):
     """stream() encodes the prompt as the call does (prefix, add_special_tokens)."""
     ours = pipeline("text-generation", model=folder)

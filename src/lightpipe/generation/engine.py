@@ -18,7 +18,8 @@ A step:
   1. takes the queued submits and cancels; a cancelled sequence's rows are freed at once;
   2. admits waiting requests, oldest first, while their KV rows fit the budget (`max_rows`
      sequences, `kv_budget_tokens` positions: rows x (prompt + max_new_tokens, and the encoder
-     source)); the oldest one that doesn't fit waits, and the ones behind it with it;
+     source)); the oldest one that doesn't fit waits, and the ones behind it with it (with
+     oversized="alone", a request larger than the whole budget runs once the cache is empty);
   3. prefills: up to `prefill_chunk` prompt tokens of newly admitted requests in one forward
      pass (a long prompt in several steps; an encoder-decoder runs its encoder and the decoder's
      start token), so running sequences keep getting tokens between a long prompt's chunks;
@@ -35,7 +36,8 @@ results are token for token transformers 4.57.6's for the prompt alone, whatever
 
 Results: `handle.tokens[i]` (new token ids of sequence i), `handle.finish_reasons[i]`,
 `handle.token_logprobs[i]` (with logprobs=True), `handle.done`; usage counts are
-`handle.counts()`. A request larger than the whole budget is a ValueError at submit, naming it.
+`handle.counts()`. A request larger than the whole budget is a ValueError at submit, naming it
+(unless oversized="alone").
 """
 
 from __future__ import annotations
@@ -73,8 +75,14 @@ class _Slot:
 
 class Engine:
     def __init__(self, model, *, kv_budget_tokens: int | None = KV_BUDGET_TOKENS, max_rows: int = MAX_ROWS,
-                 prefill_chunk: int = PREFILL_CHUNK):
-        """kv_budget_tokens=None: no budget (one static batch, as transformers' generate())."""
+                 prefill_chunk: int = PREFILL_CHUNK, oversized: str = "error"):
+        """kv_budget_tokens=None: no budget (one static batch, as transformers' generate()).
+        oversized: what a request larger than the whole budget gets — "error" (a ValueError at
+        submit: a server's choice, whose budget is its memory), or "alone" (it waits for the
+        running ones to finish, then runs by itself: a pipeline call's, where a single prompt
+        always runs)."""
+        if oversized not in ("error", "alone"):
+            raise ValueError(f'`oversized` must be "error" or "alone", got {oversized!r}')
         if not isinstance(model, Model):
             raise TypeError(f"`model` must be a lightpipe model (lightpipe.models.base.Model), "
                             f"got {type(model).__name__}")
@@ -88,7 +96,7 @@ class Engine:
         self.cache = model.new_cache(kv_budget_tokens)  # a model that can't generate says so here
         self.device = self.cache.device
         self.enc_dec = model.is_encoder_decoder
-        self.max_rows, self.prefill_chunk = max_rows, prefill_chunk
+        self.max_rows, self.prefill_chunk, self.oversized = max_rows, prefill_chunk, oversized
         self.history = History(self.device)
         self._lock = threading.Lock()
         self._inbox: deque = deque()
@@ -116,7 +124,7 @@ class Engine:
                                   top_logprobs=top_logprobs, source_mask=source_mask, history_prefix=history_prefix,
                                   device=self.device, **overrides)
         need = handle.n_rows * (handle.reserve + handle.cross)
-        if self.cache.budget_tokens is not None and need > self.cache.budget_tokens:
+        if self.oversized == "error" and self.cache.budget_tokens is not None and need > self.cache.budget_tokens:
             what = "source + " if handle.encoder_decoder else ""
             raise ValueError(
                 f"this request needs {need} KV cache positions ({handle.n_rows} row(s) x ({what}prompt + new "
@@ -220,8 +228,8 @@ class Engine:
             busy = self.cache.rows
             if busy and (busy + h.n_rows > self.max_rows or not self.cache.fits(h.n_rows, h.reserve, h.cross)):
                 return  # first come, first served: later requests wait behind it
-            self._waiting.popleft()
-            rows = self.cache.add_rows(h.n_rows, h.reserve, h.cross)
+            self._waiting.popleft()  # an oversized request ("alone") is admitted only into an empty cache
+            rows = self.cache.add_rows(h.n_rows, h.reserve, h.cross, over_budget=not busy)
             slots = []
             for i, row in enumerate(rows):
                 slot = _Slot(h, i, row, "prefill" if i == 0 else "wait")
@@ -366,7 +374,11 @@ class Engine:
                 ids, values = choice.top_ids.tolist(), choice.top_logprobs.tolist()
                 for j, i in enumerate(idx):
                     tops[i] = (ids[j], values[j])
-        self.history.append([s.row for s in slots], tokens)
+        keep = [i for i, s in enumerate(slots) if s.handle.settings.needs_history]  # the others never read it
+        if len(keep) == len(slots):
+            self.history.append([s.row for s in slots], tokens)
+        elif keep:
+            self.history.append([slots[i].row for i in keep], tokens[torch.tensor(keep, device=self.device)])
         token_list = tokens.tolist()  # the step's one host sync
         lp_list = lp.tolist() if lp is not None else None
         events = []

@@ -70,10 +70,11 @@ class KVCache:
     def fits(self, rows: int, length: int, cross: int = 0) -> bool:
         return self.budget_tokens is None or self.tokens_needed(rows, length, cross) <= self.budget_tokens
 
-    def add_rows(self, n: int, length: int, cross: int = 0) -> list[int]:
+    def add_rows(self, n: int, length: int, cross: int = 0, over_budget: bool = False) -> list[int]:
         """`n` new empty rows at the end, each reserving `length` positions (and `cross` encoder
-        positions); their indices."""
-        if not self.fits(n, length, cross):
+        positions); their indices. `over_budget`: allowed past the budget (the engine's one
+        oversized request, alone in the cache)."""
+        if not over_budget and not self.fits(n, length, cross):
             raise ValueError(f"KV cache budget exceeded: {self.tokens_needed(n, length, cross)} positions "
                              f"> budget_tokens={self.budget_tokens}")
         rows = list(range(self.rows, self.rows + n))
@@ -232,9 +233,11 @@ class _Forward:
         self.S = max(max(totals), 1)
         self.uniform = all(c == width for c in self.counts)
         self.same_total = len(set(totals)) == 1
-        past_t = torch.tensor(self.past, device=device)
-        shift = past_t if self.uniform else past_t - torch.tensor([width - c for c in self.counts], device=device)
-        self.positions = (shift[:, None] + torch.arange(width, device=device)).clamp(min=0)  # (B, T)
+        if self.uniform and width == 1:  # a decode step: each row's next position
+            self.positions = torch.tensor(self.past, device=device)[:, None]
+        else:  # (B, T); padding columns clamped (harmless)
+            shift = torch.tensor([p - (width - c) for p, c in zip(self.past, self.counts)], device=device)
+            self.positions = (shift[:, None] + torch.arange(width, device=device)).clamp(min=0)
         self._masks: dict = {}
         self._write = None
         self.complete = False

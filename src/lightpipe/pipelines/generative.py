@@ -87,7 +87,8 @@ class GenerationPipeline(Pipeline):
         once, each with its beams or sampled sequences."""
         size = check_positive_int(batch_size, "batch_size") or DEFAULT_BATCH
         rows = max(config.num_beams, config.num_return_sequences) if config is not None else 1
-        return Engine(self.model, kv_budget_tokens=KV_BUDGET_TOKENS, max_rows=size * rows)
+        # a prompt larger than the budget runs alone, as a lone prompt always could
+        return Engine(self.model, kv_budget_tokens=KV_BUDGET_TOKENS, max_rows=size * rows, oversized="alone")
 
     def submit(self, engine: Engine, prompt: list[int], config: GenerationConfig, **extra) -> Handle:
         """Queue one prompt. An empty decoder-only prompt starts from the model's bos_token_id,
