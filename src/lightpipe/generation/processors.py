@@ -178,9 +178,12 @@ def process(scores: torch.Tensor, s: Settings, rows: Rows, history: History) -> 
         early = [g < m for g, m in zip(rows.generated, rows.min_new)]
         if any(early):
             eos = list(s.eos)
-            held = torch.tensor(early, device=scores.device)[:, None]
             scores = scores.clone()
-            scores[:, eos] = torch.where(held, NEG_INF, scores[:, eos])
+            if all(early):
+                scores[:, eos] = NEG_INF
+            else:
+                held = torch.tensor(early, device=scores.device)[:, None]
+                scores[:, eos] = torch.where(held, NEG_INF, scores[:, eos])
     if s.forced_bos is not None:
         scores = _force(scores, [n == 1 for n in rows.length], [s.forced_bos])
     if s.forced_eos:
