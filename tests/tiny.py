@@ -814,7 +814,7 @@ def qwen3_tokenizer(folder: Path, vocab_size: int = 600, chat_template: str | No
         end = "<|endoftext|>"
         tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
             single=f"$A:0 {end}:0", pair=f"$A:0 {end}:0 $B:1 {end}:1", special_tokens=[(end, tok.convert_tokens_to_ids(end))])
-        tok.padding_side = "left"
+        tok.padding_side = tok.init_kwargs["padding_side"] = "left"  # init_kwargs: what save_pretrained writes
     tok.save_pretrained(folder)
     return tok
 
