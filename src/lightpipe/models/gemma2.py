@@ -26,7 +26,6 @@ from torch import nn
 
 from . import llama
 from .base import Family
-from .common import decoder_mask, padded_positions
 
 
 @dataclass
@@ -119,39 +118,12 @@ class Layer(nn.Module):
 
 class Gemma2Model(llama.LlamaModel):
     layer_class = Layer
-
-    def __init__(self, config: Config):
-        super().__init__(config)
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+    norm_class = RMSNorm
 
     def embed(self, input_ids):
         x = self.embed_tokens(input_ids)
         # sqrt(hidden_size) rounded to the activations' dtype first, as transformers does
         return x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)
-
-    def positions(self, input_ids, attention_mask, position_ids, cache):
-        if cache is not None:  # each row at its own length
-            return cache.positions
-        if position_ids is not None:
-            return position_ids
-        if attention_mask is not None:
-            return padded_positions(attention_mask, input_ids.shape[1])
-        return torch.arange(input_ids.shape[1], device=input_ids.device)[None]
-
-    def masks(self, attention_mask, T, dtype, device, cache) -> dict:
-        """(mask, is_causal) for each window the layers use."""
-        if cache is not None:
-            return {w: cache.mask(dtype, w) for w in set(self.windows)}
-        return {w: decoder_mask(attention_mask, T, dtype, device, w) for w in set(self.windows)}
-
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
-        x = self.embed(input_ids)
-        position_ids = self.positions(input_ids, attention_mask, position_ids, cache)
-        cos, sin = self.rotary(position_ids, x.dtype, per_row=cache is not None)
-        masks = self.masks(attention_mask, input_ids.shape[1], x.dtype, x.device, cache)
-        for layer, window in zip(self.layers, self.windows):
-            x = layer(x, cos, sin, *masks[window], cache)
-        return self.norm(x)
 
 
 class Gemma2ForCausalLM(llama.LlamaForCausalLM):

@@ -110,13 +110,12 @@ class Gemma3TextModel(gemma2.Gemma2Model):
         per_row = cache is not None
         rotary = {False: self.rotary(position_ids, x.dtype, per_row),  # by "is this layer local"
                   True: self.rotary_local(position_ids, x.dtype, per_row)}
-        T = input_ids.shape[1]
         if self.config.use_bidirectional_attention:
             if cache is not None:
                 raise self._bidirectional()
-            masks = self.bidirectional_masks(attention_mask, T, x.dtype, x.device)
+            masks = self.bidirectional_masks(attention_mask, input_ids.shape[1], x.dtype, x.device)
         else:
-            masks = self.masks(attention_mask, T, x.dtype, x.device, cache)
+            masks = self.masks(attention_mask, x, cache)
         for layer, window in zip(self.layers, self.windows):
             x = layer(x, *rotary[window is not None], *masks[window], cache)
         return self.norm(x)

@@ -8,8 +8,9 @@ The three differ only in small ways, all read from config.json:
 
 qwen3.py, phi3.py, gemma2.py and gemma3_text.py build on these classes: they subclass the
 Config, and swap their own parts in through the class attributes `LlamaModel.layer_class` /
-`rotary_class`, `Layer.attention_class` / `mlp_class`, `LlamaForCausalLM.base_class`, and the
-steps of `Attention` (project, rotate, attend).
+`rotary_class` / `norm_class`, `Layer.attention_class` / `mlp_class`,
+`LlamaForCausalLM.base_class`, and the steps of `Attention` (project, rotate, attend) and of
+`LlamaModel.forward` (embed, positions, masks).
 """
 
 from __future__ import annotations
@@ -228,8 +229,10 @@ class Layer(nn.Module):
 
 class LlamaModel(Model):
     base_model_prefix = "model"
-    layer_class = Layer  # what families built on this model (qwen3, phi3) swap for their own
+    # what families built on this model swap for their own (qwen3, phi3, gemma2, gemma3_text)
+    layer_class = Layer
     rotary_class = Rotary
+    norm_class = RMSNorm
 
     def __init__(self, config: Config):
         super().__init__()
@@ -238,7 +241,7 @@ class LlamaModel(Model):
         self.windows = config.layer_windows()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(self.layer_class(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = self.norm_class(config.hidden_size, config.rms_norm_eps)
         self.rotary = self.rotary_class(config)
 
     def post_load(self):
@@ -249,21 +252,31 @@ class LlamaModel(Model):
         return KVCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, dtype or w.dtype, device or w.device,
                        budget_tokens)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
-        B, T = input_ids.shape
-        if cache is not None:  # each row at its own length
-            position_ids = cache.positions
-        elif position_ids is None:
-            if attention_mask is not None:
-                position_ids = padded_positions(attention_mask, T)
-            else:
-                position_ids = torch.arange(T, device=input_ids.device)[None]
-        x = self.embed_tokens(input_ids)
-        cos, sin = self.rotary(position_ids, x.dtype, per_row=cache is not None)
+    def embed(self, input_ids):
+        return self.embed_tokens(input_ids)
+
+    def positions(self, input_ids, attention_mask, position_ids, cache: KVCache | None):
+        """(B, T) positions of the input tokens: each row at its own length with a cache, else
+        counted over the mask's ones (left padding), else 0..T-1."""
         if cache is not None:
-            masks = {w: cache.mask(x.dtype, w) for w in set(self.windows)}
-        else:
-            masks = {w: decoder_mask(attention_mask, T, x.dtype, x.device, w) for w in set(self.windows)}
+            return cache.positions
+        if position_ids is not None:
+            return position_ids
+        if attention_mask is not None:
+            return padded_positions(attention_mask, input_ids.shape[1])
+        return torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+
+    def masks(self, attention_mask, x, cache: KVCache | None) -> dict:
+        """(mask, is_causal) for each sliding window the layers use (None: full attention)."""
+        if cache is not None:
+            return {w: cache.mask(x.dtype, w) for w in set(self.windows)}
+        return {w: decoder_mask(attention_mask, x.shape[1], x.dtype, x.device, w) for w in set(self.windows)}
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
+        x = self.embed(input_ids)
+        position_ids = self.positions(input_ids, attention_mask, position_ids, cache)
+        cos, sin = self.rotary(position_ids, x.dtype, per_row=cache is not None)
+        masks = self.masks(attention_mask, x, cache)
         for layer, window in zip(self.layers, self.windows):
             x = layer(x, cos, sin, *masks[window], cache)
         return self.norm(x)
