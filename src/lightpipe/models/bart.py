@@ -296,7 +296,8 @@ class BartForConditionalGeneration(Model):
         return self.model.encoder(input_ids, attention_mask)
 
     def new_cache(self, budget_tokens: int | None = None, dtype=None, device=None) -> KVCache:
-        cfg, w = self.config, self.lm_head.weight
+        # the token embedding's dtype: quantize="int8" turns lm_head's weight into int8
+        cfg, w = self.config, self.model.decoder.embed_tokens.weight
         heads = cfg.decoder_attention_heads
         head_dim = cfg.d_model // heads
         return KVCache(cfg.decoder_layers, heads, head_dim, dtype or w.dtype, device or w.device, budget_tokens)

@@ -274,7 +274,8 @@ class T5ForConditionalGeneration(T5Model):
         self.tie_weights()
 
     def new_cache(self, budget_tokens: int | None = None, dtype=None, device=None) -> KVCache:
-        cfg, w = self.config, self.lm_head.weight
+        # the token embedding's dtype: quantize="int8" turns lm_head's weight into int8
+        cfg, w = self.config, self.shared.weight
         return KVCache(cfg.num_decoder_layers, cfg.num_heads, cfg.d_kv, dtype or w.dtype, device or w.device,
                        budget_tokens)
 
