@@ -221,7 +221,7 @@ def pegasus_checkpoint(folder: Path, form: str = "hub", seed: int = 0, eos_boost
     torch.manual_seed(seed)
     model = perturb(PegasusForConditionalGeneration(PegasusConfig(**kw)), seed, eos_boost)
     save_checkpoint(folder, model)
-    write_generation_config(folder, **{"length_penalty": 0.6, "max_length": 20, "num_beams": 8,
+    write_generation_config(folder, **{"length_penalty": 0.6, "max_length": 18, "num_beams": 8,
                                        **(generation or {})})
     return folder
 
