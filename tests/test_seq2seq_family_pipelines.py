@@ -206,6 +206,18 @@ def test_text2text_generation_uses_the_tokenizers_own_source_language(folder, fa
     assert_same(ours("text2text-generation", path, inputs, **kw), theirs("text2text-generation", path, inputs, **kw))
 
 
+def test_m2m100_repo_downloads_its_sentencepiece_files_and_translates(folder, hub_server):
+    """facebook/m2m100_418M's layout from the (fake) Hub: vocab.json and sentencepiece.bpe.model,
+    no tokenizer.json."""
+    hub_server.add("facebook/m2m100-tiny", folder("m2m100"))
+    pipe = pipeline("translation", model="facebook/m2m100-tiny", src_lang="en", tgt_lang="fr")
+    downloaded = {p.name for p in pipe.folder.iterdir()}
+    assert {"vocab.json", "sentencepiece.bpe.model", "special_tokens_map.json"} <= downloaded
+    inputs = texts(2, start=70)
+    kw = dict(num_beams=2, max_new_tokens=6)
+    assert_same(pipe(inputs, **kw), theirs("translation", pipe.folder, inputs, dict(src_lang="en", tgt_lang="fr"), **kw))
+
+
 def test_language_errors_are_clear(folder):
     nllb, m2m = pipeline("translation", model=folder("nllb")), pipeline("translation", model=folder("m2m100"))
     with pytest.raises(ValueError, match=r"requires a `src_lang` and a `tgt_lang`.*eng_Latn, fra_Latn"):
