@@ -2,9 +2,9 @@
 
 - base.py    the interface pipelines may call, and the helpers every tokenizer shares
 - fast.py    FastTokenizer, over a `tokenizers.Tokenizer` (tokenizer.json, vocab.txt, BPE files)
-- spiece.py  sentencepiece models (T5's and ALBERT's spiece.model, DeBERTa's spm.model) → a
-             `tokenizers.Tokenizer` (no sentencepiece needed), and those classes' default
-             special tokens
+- spiece.py  sentencepiece models (T5's, ALBERT's and Pegasus's spiece.model, DeBERTa's
+             spm.model, NLLB's sentencepiece.bpe.model) → a `tokenizers.Tokenizer` (no
+             sentencepiece needed), and those classes' default special tokens
 - marian.py  MarianTokenizer: source.spm/target.spm + vocab.json (needs sentencepiece)
 - m2m100.py  M2M100Tokenizer: vocab.json + sentencepiece.bpe.model (needs sentencepiece)
 - languages.py  NLLB's and M2M100's language codes

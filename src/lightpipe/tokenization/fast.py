@@ -3,8 +3,8 @@ transformers' fast tokenizers: special tokens, pairs, truncation with overflow, 
 
 `backend_from_files` builds the `tokenizers.Tokenizer` from a folder's files, as transformers
 does: tokenizer.json; else vocab.txt (WordPiece, BERT-style); else vocab.json + merges.txt
-(byte-level BPE); else a sentencepiece model (T5's or ALBERT's spiece.model, DeBERTa's spm.model),
-converted (spiece.py).
+(byte-level BPE); else a sentencepiece model (T5's, ALBERT's or Pegasus's spiece.model, DeBERTa's
+spm.model, NLLB's sentencepiece.bpe.model), converted (spiece.py).
 """
 
 from __future__ import annotations
