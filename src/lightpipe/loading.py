@@ -50,6 +50,9 @@ FAMILIES = {
     "mbart": "bart",
     "t5": "t5",
     "marian": "marian",
+    "m2m_100": "m2m_100",
+    "pegasus": "pegasus",
+    "mt5": "mt5",
 }
 
 # architectures[0] suffix → head, for choosing a head when the caller doesn't say
