@@ -20,6 +20,7 @@ import torch
 from tiny import (T5_TASKS, bart_checkpoint, bpe_tokenizer, causal_lm_checkpoint, encoder_checkpoint,
                   marian_checkpoint, mbart50_checkpoint, qwen2_tokenizer, save_checkpoint, t5_checkpoint,
                   write_generation_config)
+from tiny_seq2seq import nllb_checkpoint
 
 
 def labels(names) -> dict:
@@ -92,6 +93,7 @@ BUILDERS = {
     "google-t5/t5-base": lambda f: t5_checkpoint(f, task_specific_params=T5_TASKS),
     "Helsinki-NLP/opus-mt-fr-en": lambda f: marian_checkpoint(f, source_lang="fr", target_lang="en"),
     "facebook/mbart-large-50-many-to-many-mmt": mbart50_checkpoint,
+    "facebook/nllb-200-distilled-600M": nllb_checkpoint,
     "Qwen/Qwen2.5-0.5B-Instruct": qwen2_instruct,
 }
 SAME_FILES = {"distilbert/distilgpt2": "openai-community/gpt2"}

@@ -372,7 +372,19 @@ def test_sentencepiece_model_of_an_unknown_class_is_refused(tmp_path):
     folder = tokenizer_folder(tmp_path, "deberta-v2", "bare", {})
     with pytest.raises(FileNotFoundError, match=r"only a sentencepiece model \(spm.model\).*'bert'"):
         load_tokenizer(folder, "bert")
+    char = tmp_path / "char"
+    spm_model(char / "spm.model", corpus()[:300], 60, model_type="char")
+    with pytest.raises(ValueError, match="only unigram and BPE"):
+        load_tokenizer(char, "deberta-v2")
+
+
+def test_sentencepiece_bpe_model_converts_as_transformers(tmp_path):
+    """transformers' converters read BPE-trained sentencepiece models too (merges derived from the
+    pieces and their scores): a DeBERTa spm.model trained as BPE gives its ids."""
     bpe = tmp_path / "bpe"
-    spm_model(bpe / "spm.model", corpus()[:300], 200, model_type="bpe")
-    with pytest.raises(ValueError, match="only unigram"):
-        load_tokenizer(bpe, "deberta-v2")
+    spm_model(bpe / "spm.model", corpus()[:300], 200, model_type="bpe", pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+              pad_piece="[PAD]", bos_piece="[CLS]", eos_piece="[SEP]", unk_piece="[UNK]")
+    (bpe / "config.json").write_text(json.dumps({"model_type": "deberta-v2"}))
+    reference, tok = transformers.AutoTokenizer.from_pretrained(str(bpe)), load_tokenizer(bpe, "deberta-v2")
+    for text in sentences(30) + ["Ünïcödé ﬁ text", "  spaced   out  ", ""]:
+        assert tok.encode(text).ids == reference(text)["input_ids"], text

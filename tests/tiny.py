@@ -529,10 +529,11 @@ def qwen2_tokenizer(folder: Path, vocab_size: int = 600, chat_template: str | No
 
 def causal_lm_checkpoint(folder: Path, model_type: str, tokenizer, seed: int = 0, sharpen: float = 8.0,
                          **overrides) -> Path:
-    """A tiny random gpt2 / llama / mistral / qwen2 (2 layers, width 32, 128 positions) sized for
-    `tokenizer`, saved beside it. The head is untied (as Qwen2-7B's; pass tie_word_embeddings=True
-    for the small ones') and scaled by `sharpen` so greedy paths have no near-ties: a tied random
-    head mostly repeats the input token."""
+    """A tiny random gpt2 / llama / mistral / qwen2 / qwen3 / gemma2 / gemma3_text / phi3 (2
+    layers, width 32, 128 positions; the issue-14 families shaped by NEW_DECODERS, their norms
+    and biases perturbed) sized for `tokenizer`, saved beside it. The head is untied (as
+    Qwen2-7B's; pass tie_word_embeddings=True for the small ones') and scaled by `sharpen` so
+    greedy paths have no near-ties: a tied random head mostly repeats the input token."""
     import transformers
 
     vocab = len(tokenizer)
@@ -545,10 +546,14 @@ def causal_lm_checkpoint(folder: Path, model_type: str, tokenizer, seed: int = 0
         kw = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=bos,
                   eos_token_id=eos, tie_word_embeddings=False)
+        if model_type in NEW_DECODERS:
+            kw.update(NEW_DECODERS[model_type], pad_token_id=tokenizer.pad_token_id)
     kw.update(overrides)
     config = transformers.AutoConfig.for_model(model_type, **kw)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config)
+    if model_type in NEW_DECODERS:
+        perturb_norms(model, seed)
     if not config.tie_word_embeddings:
         with torch.no_grad():
             model.lm_head.weight.mul_(sharpen)
@@ -644,3 +649,254 @@ def spm_encoder_checkpoint(folder: Path, model_type: str, head: str = "sequence-
                 p.normal_(0, 0.5)
     model.eval().save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+# -- the issue-14 decoders: Qwen3, Gemma 2 / 3, Phi-3 with their real tokenizers' conventions -------
+
+# Qwen3's template (Qwen/Qwen3-0.6B, tools included): reasoning kept only after the last user
+# query, `enable_thinking=False` pre-fills an empty <think></think>, namespace() and slicing
+QWEN3_TEMPLATE = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\\n\\n' }}
+    {%- endif %}
+    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {{- content }}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}
+{%- endif %}"""
+
+# google/gemma-2-2b-it's: BOS written by the template, no system role, "model" for the assistant
+GEMMA2_TEMPLATE = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+                   "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+                   "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+                   "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+                   "{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+                   "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}")
+
+# google/gemma-3-1b-it's: the system message folded into the first user turn, content as a string or parts
+GEMMA3_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\\n'}}
+{%- endif -%}
+"""
+
+# microsoft/Phi-3.5-mini-instruct's: no BOS anywhere, eos after a finished conversation
+PHI3_TEMPLATE = ("{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}"
+                 "{{'<|system|>\\n' + message['content'] + '<|end|>\\n'}}{% elif message['role'] == 'user' %}"
+                 "{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}{% elif message['role'] == 'assistant' %}"
+                 "{{'<|assistant|>\\n' + message['content'] + '<|end|>\\n'}}{% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}")
+
+
+def qwen3_tokenizer(folder: Path, vocab_size: int = 600, chat_template: str | None = QWEN3_TEMPLATE,
+                    embedding: bool = False):
+    """Qwen3 style: Qwen2's byte-level BPE (nothing added, eos <|im_end|>, pad <|endoftext|>)
+    with <think> and </think> as added, non-special tokens. `embedding`: Qwen3-Embedding's,
+    whose post-processor appends <|endoftext|> (the token last-token pooling reads) and which
+    pads on the left."""
+    from tokenizers import AddedToken, processors
+
+    tok = qwen2_tokenizer(folder, vocab_size, chat_template)
+    tok.add_tokens([AddedToken("<think>", special=False, normalized=False),
+                    AddedToken("</think>", special=False, normalized=False)])
+    if embedding:
+        end = "<|endoftext|>"
+        tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"$A:0 {end}:0", pair=f"$A:0 {end}:0 $B:1 {end}:1", special_tokens=[(end, tok.convert_tokens_to_ids(end))])
+        tok.padding_side = tok.init_kwargs["padding_side"] = "left"  # init_kwargs: what save_pretrained writes
+    tok.save_pretrained(folder)
+    return tok
+
+
+def gemma_tokenizer(folder: Path, vocab_size: int = 800, chat_template: str | None = GEMMA3_TEMPLATE,
+                    add_eos_token: bool = False):
+    """Gemma style: a sentencepiece BPE model with byte fallback and no dummy prefix (<pad> 0,
+    <eos> 1, <bos> 2, <unk> 3, <start_of_turn> / <end_of_turn> as special pieces), converted by
+    GemmaTokenizerFast: <bos> added by the post-processor (EmbeddingGemma's adds <eos> too:
+    `add_eos_token`), padding on the left."""
+    from transformers import GemmaTokenizerFast
+
+    folder = Path(folder)
+    spm = spm_model(folder / "tokenizer.model", corpus()[:1500], vocab_size, model_type="bpe", byte_fallback=True,
+                    split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+                    allow_whitespace_only_pieces=True, add_dummy_prefix=False, pad_id=0, eos_id=1, bos_id=2,
+                    unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+                    user_defined_symbols=["<start_of_turn>", "<end_of_turn>"])
+    tok = GemmaTokenizerFast(vocab_file=str(spm), add_bos_token=True, add_eos_token=add_eos_token,
+                             chat_template=chat_template)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def phi3_tokenizer(folder: Path, vocab_size: int = 800, chat_template: str | None = PHI3_TEMPLATE):
+    """Phi-3.5-mini style: Llama 2's sentencepiece BPE (byte fallback, <s> <unk> </s>) through
+    LlamaTokenizerFast with add_bos_token false (nothing added), eos and pad <|endoftext|>, and
+    the chat tokens <|assistant|> <|system|> <|end|> <|user|> added as special tokens."""
+    import json
+
+    from transformers import LlamaTokenizerFast
+
+    folder = Path(folder)
+    spm = spm_model(folder / "tokenizer.model", corpus()[:1500], vocab_size, model_type="bpe", byte_fallback=True,
+                    split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+                    allow_whitespace_only_pieces=True)
+    tok = LlamaTokenizerFast(vocab_file=str(spm), add_prefix_space=True, legacy=False, add_bos_token=False,
+                             add_eos_token=False, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                             additional_special_tokens=["<|assistant|>", "<|system|>", "<|end|>", "<|user|>"],
+                             chat_template=chat_template, padding_side="left")
+    tok.save_pretrained(folder)
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config.pop("add_prefix_space", None)  # not in the Hub's file either
+    path.write_text(json.dumps(config, indent=2))
+    return tok
+
+
+def _longrope(rotary_dim: int, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    short = (1.0 + torch.rand(rotary_dim // 2, generator=g)).tolist()
+    long = (2.0 + 8.0 * torch.rand(rotary_dim // 2, generator=g)).tolist()
+    return {"type": "longrope", "short_factor": short, "long_factor": long}
+
+
+# shapes for causal_lm_checkpoint (2-3 layers, width 32): head sizes set (their defaults are
+# 128-256), windows and soft-caps small enough to act on the tests' inputs, query_pre_attn_scalar
+# not head_dim, Gemma 3's two rope tables, Phi-4-mini's 3/4 rotary with LongRoPE (the long
+# factors past 128 tokens, which the pipeline tests don't reach) and a window on every layer
+NEW_DECODERS = {
+    "qwen3": dict(head_dim=8),
+    "gemma2": dict(num_hidden_layers=3, head_dim=8, query_pre_attn_scalar=12, sliding_window=6,
+                   attn_logit_softcapping=4.0, final_logit_softcapping=6.0),
+    "gemma3_text": dict(num_hidden_layers=3, head_dim=8, query_pre_attn_scalar=12, sliding_window=6,
+                        sliding_window_pattern=3, rope_theta=1000.0, rope_local_base_freq=100.0,
+                        rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    "phi3": dict(partial_rotary_factor=0.75, rope_scaling=_longrope(6), max_position_embeddings=256,
+                 original_max_position_embeddings=128, sliding_window=12),
+}
+
+
+def perturb_norms(model, seed: int = 0, scale: float = 0.3):
+    """Move norm weights and biases off their init (ones / zeros): a norm or a bias the code
+    forgot then changes the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith(".bias"):
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model

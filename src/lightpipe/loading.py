@@ -42,10 +42,17 @@ FAMILIES = {
     "llama": "llama",
     "mistral": "llama",
     "qwen2": "llama",
+    "qwen3": "qwen3",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3_text",
+    "phi3": "phi3",
     "bart": "bart",
     "mbart": "bart",
     "t5": "t5",
     "marian": "marian",
+    "m2m_100": "m2m_100",
+    "pegasus": "pegasus",
+    "mt5": "mt5",
 }
 
 # architectures[0] suffix → head, for choosing a head when the caller doesn't say

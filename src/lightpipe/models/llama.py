@@ -5,6 +5,12 @@ The three differ only in small ways, all read from config.json:
   mistral  no biases; a `sliding_window` on every layer
   qwen2    bias on q/k/v (never o); a sliding window on layers >= max_window_layers when
            `use_sliding_window` (or as `layer_types` says); usually tied embeddings
+
+qwen3.py, phi3.py, gemma2.py and gemma3_text.py build on these classes: they subclass the
+Config, and swap their own parts in through the class attributes `LlamaModel.layer_class` /
+`rotary_class` / `norm_class`, `Layer.attention_class` / `mlp_class`,
+`LlamaForCausalLM.base_class`, and the steps of `Attention` (project, rotate, attend) and of
+`LlamaModel.forward` (embed, positions, masks).
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ class Config(ModelConfig):
         n = self.num_hidden_layers
         if self.model_type == "mistral":
             return [self.sliding_window] * n
-        if self.model_type == "qwen2":
+        if self.model_type in ("qwen2", "qwen3"):
             window = self.sliding_window if self.use_sliding_window else None
             types = self.layer_types or [
                 "sliding_attention" if window is not None and i >= self.max_window_layers else "full_attention"
@@ -164,18 +170,32 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, config.hidden_size, bias=o_bias)
 
-    def forward(self, x, cos, sin, mask, is_causal, cache: KVCache | None):
+    # Families built on this attention (qwen3, phi3, gemma2, gemma3) override the steps that
+    # differ: `project` (q/k norms, a fused qkv), `rotate` (partial rotary), `attend` (scaling,
+    # soft-capping).
+
+    def project(self, x):
+        """(B, T, C) → q (B, H, T, D), k and v (B, H_kv, T, D)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)
-        y = F.scaled_dot_product_attention(
+        return q, k, v
+
+    def rotate(self, x, cos, sin):
+        return apply_rotary(x, cos, sin)
+
+    def attend(self, q, k, v, mask, is_causal):
+        return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv != self.n_head
         )
-        return self.o_proj(merge_heads(y))
+
+    def forward(self, x, cos, sin, mask, is_causal, cache: KVCache | None):
+        q, k, v = self.project(x)
+        q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        return self.o_proj(merge_heads(self.attend(q, k, v, mask, is_causal)))
 
 
 class MLP(nn.Module):
@@ -192,12 +212,15 @@ class MLP(nn.Module):
 
 
 class Layer(nn.Module):
+    attention_class = Attention
+    mlp_class = MLP
+
     def __init__(self, config: Config, layer_idx: int):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer_idx)
+        self.self_attn = self.attention_class(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = self.mlp_class(config)
 
     def forward(self, x, cos, sin, mask, is_causal, cache):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, cache)
@@ -206,6 +229,10 @@ class Layer(nn.Module):
 
 class LlamaModel(Model):
     base_model_prefix = "model"
+    # what families built on this model swap for their own (qwen3, phi3, gemma2, gemma3_text)
+    layer_class = Layer
+    rotary_class = Rotary
+    norm_class = RMSNorm
 
     def __init__(self, config: Config):
         super().__init__()
@@ -213,9 +240,9 @@ class LlamaModel(Model):
         self.context_length = config.max_position_embeddings  # rotary positions: no hard limit (max_positions None)
         self.windows = config.layer_windows()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(Layer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary = Rotary(config)
+        self.layers = nn.ModuleList(self.layer_class(config, i) for i in range(config.num_hidden_layers))
+        self.norm = self.norm_class(config.hidden_size, config.rms_norm_eps)
+        self.rotary = self.rotary_class(config)
 
     def post_load(self):
         self.rotary.reset(self.embed_tokens.weight.device)
@@ -225,21 +252,31 @@ class LlamaModel(Model):
         return KVCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, dtype or w.dtype, device or w.device,
                        budget_tokens)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
-        B, T = input_ids.shape
-        if cache is not None:  # each row at its own length
-            position_ids = cache.positions
-        elif position_ids is None:
-            if attention_mask is not None:
-                position_ids = padded_positions(attention_mask, T)
-            else:
-                position_ids = torch.arange(T, device=input_ids.device)[None]
-        x = self.embed_tokens(input_ids)
-        cos, sin = self.rotary(position_ids, x.dtype, per_row=cache is not None)
+    def embed(self, input_ids):
+        return self.embed_tokens(input_ids)
+
+    def positions(self, input_ids, attention_mask, position_ids, cache: KVCache | None):
+        """(B, T) positions of the input tokens: each row at its own length with a cache, else
+        counted over the mask's ones (left padding), else 0..T-1."""
         if cache is not None:
-            masks = {w: cache.mask(x.dtype, w) for w in set(self.windows)}
-        else:
-            masks = {w: decoder_mask(attention_mask, T, x.dtype, x.device, w) for w in set(self.windows)}
+            return cache.positions
+        if position_ids is not None:
+            return position_ids
+        if attention_mask is not None:
+            return padded_positions(attention_mask, input_ids.shape[1])
+        return torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+
+    def masks(self, attention_mask, x, cache: KVCache | None) -> dict:
+        """(mask, is_causal) for each sliding window the layers use (None: full attention)."""
+        if cache is not None:
+            return {w: cache.mask(x.dtype, w) for w in set(self.windows)}
+        return {w: decoder_mask(attention_mask, x.shape[1], x.dtype, x.device, w) for w in set(self.windows)}
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
+        x = self.embed(input_ids)
+        position_ids = self.positions(input_ids, attention_mask, position_ids, cache)
+        cos, sin = self.rotary(position_ids, x.dtype, per_row=cache is not None)
+        masks = self.masks(attention_mask, x, cache)
         for layer, window in zip(self.layers, self.windows):
             x = layer(x, cos, sin, *masks[window], cache)
         return self.norm(x)
@@ -247,11 +284,12 @@ class LlamaModel(Model):
 
 class LlamaForCausalLM(Model):
     base_model_prefix = "model"
+    base_class = LlamaModel
 
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config)
+        self.model = self.base_class(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.context_length = config.max_position_embeddings
         self.tied_weights = ["lm_head.weight"] if config.tie_word_embeddings else []

@@ -1,5 +1,5 @@
 """text2text-generation, summarization and translation (translation_xx_to_yy): an encoder-decoder
-model (BART, mBART, T5, Marian) generates a text for each input text.
+model (BART, mBART, T5, mT5, Marian, Pegasus, M2M100, NLLB) generates a text for each input text.
 
 Inputs, keywords and outputs follow transformers 4.57.6: a string gives
 [{"summary_text": ...}] (one record per returned sequence, `generated_text` /
@@ -83,8 +83,8 @@ class Text2TextGenerationPipeline(GenerationPipeline):
     @property
     def encoder_limit(self) -> int | None:
         """The longest input the encoder can take: learned or sinusoidal position tables are a hard
-        limit (BART, Marian); T5's relative positions have none."""
-        if self.config.get("model_type") == "t5":
+        limit (BART, Marian, Pegasus); T5's relative positions have none, and M2M100's table grows."""
+        if self.config.get("model_type") in ("t5", "mt5", "m2m_100"):
             return None
         return self.config.get("max_position_embeddings")
 
@@ -231,18 +231,25 @@ class TranslationPipeline(Text2TextGenerationPipeline):
 
     @property
     def multilingual(self) -> str | None:
-        """"mbart50" / "mbart" when the tokenizer marks the source language with a language code
-        (transformers' `_build_translation_inputs`); None for single-pair tokenizers (Marian, T5)."""
+        """"mbart50" / "mbart" / "nllb" / "m2m100" when the tokenizer marks the source language
+        with a language code (transformers' `_build_translation_inputs`); None for single-pair
+        tokenizers (Marian, T5)."""
+        from ..tokenization.m2m100 import M2M100Tokenizer
+
+        if isinstance(self.tokenizer, M2M100Tokenizer):
+            return "m2m100"
         name = str(getattr(self.tokenizer, "config", {}).get("tokenizer_class") or "").lower()
-        if name.startswith("mbart50tokenizer"):
-            return "mbart50"
-        if name.startswith("mbarttokenizer"):
-            return "mbart"
+        for prefix, kind in (("mbart50tokenizer", "mbart50"), ("mbarttokenizer", "mbart"), ("nllbtokenizer", "nllb")):
+            if name.startswith(prefix):
+                return kind
         return None
 
     @property
     def language_list(self) -> list[str]:
-        """The tokenizer's language codes (mBART saves them as its additional special tokens)."""
+        """The tokenizer's language codes (mBART and NLLB save them as their additional special
+        tokens; M2M100's are its `__xx__` tokens, named by the xx)."""
+        if self.multilingual == "m2m100":
+            return list(self.tokenizer.language_codes)
         extra = self.tokenizer.config.get("additional_special_tokens") or []
         return [t.get("content") if isinstance(t, dict) else t for t in extra]
 
@@ -257,22 +264,26 @@ class TranslationPipeline(Text2TextGenerationPipeline):
 
     def language_id(self, code: str, name: str) -> int:
         codes = self.language_list
-        index = self.tokenizer.token_to_id(code) if isinstance(code, str) else None
+        if self.multilingual == "m2m100":
+            index = self.tokenizer.language_id(code)
+        else:
+            index = self.tokenizer.token_to_id(code) if isinstance(code, str) else None
         if index is None or index == self.tokenizer.unk_token_id or (codes and code not in codes):
             raise ValueError(f"{name}={code!r} is not a language code of this tokenizer; it knows "
                              f"{', '.join(codes[:8])}{', ...' if len(codes) > 8 else ''}")
         return index
 
     def language_codes(self, task_options: dict) -> tuple[int, int] | None:
-        """mBART tokenizers mark the source language on the input and the target language is forced
-        as the first generated token (src_lang and tgt_lang required): their ids. None for other
-        tokenizers, which ignore the languages, as in transformers."""
+        """mBART, NLLB and M2M100 tokenizers mark the source language on the input and the target
+        language is forced as the first generated token (src_lang and tgt_lang required): their ids.
+        None for other tokenizers, which ignore the languages, as in transformers."""
         if self.multilingual is None:
             return None
         src, tgt = task_options.get("src_lang"), task_options.get("tgt_lang")
         if src is None or tgt is None:
+            examples = {"nllb": "eng_Latn, fra_Latn", "m2m100": "en, fr"}.get(self.multilingual, "en_XX, fr_XX")
             raise ValueError("Translation requires a `src_lang` and a `tgt_lang` for this model "
-                             "(language codes such as en_XX, fr_XX)")
+                             f"(language codes such as {examples})")
         return self.language_id(src, "src_lang"), self.language_id(tgt, "tgt_lang")
 
     def language_tokens(self, task_options):
@@ -280,7 +291,14 @@ class TranslationPipeline(Text2TextGenerationPipeline):
         if codes is None:
             return {}
         eos = self.tokenizer.eos_token_id
-        prefix, suffix = ([codes[0]], [eos]) if self.multilingual == "mbart50" else ([], [eos, codes[0]])
+        if self.multilingual == "nllb":
+            from ..tokenization.languages import nllb_affixes
+
+            prefix, suffix = nllb_affixes(codes[0], eos, bool(self.tokenizer.config.get("legacy_behaviour")))
+        elif self.multilingual in ("mbart50", "m2m100"):  # `src text </s>`
+            prefix, suffix = [codes[0]], [eos]
+        else:  # mBART: `text </s> src`
+            prefix, suffix = [], [eos, codes[0]]
         return {"prefix_ids": prefix, "suffix_ids": suffix}
 
     def generation_overrides(self, task_options, generation):

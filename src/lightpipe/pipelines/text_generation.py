@@ -15,6 +15,11 @@ from ..tokenization.chat import validate_messages
 from .generative import GenerationPipeline
 
 STREAM_CONTEXT = 32  # prompt tokens a stream decodes its new tokens after (see _decoding_context)
+# apply_chat_template's own arguments: tokenizer_encode_kwargs may not set them (the pipeline
+# sets the first ones itself; lightpipe renders no tools or documents, and never truncates)
+CHAT_ARGUMENTS = frozenset({"add_generation_prompt", "continue_final_message", "tokenize", "return_dict",
+                            "return_tensors", "return_assistant_tokens_mask", "chat_template", "tools", "documents",
+                            "padding", "truncation", "max_length", "tokenizer_kwargs"})
 
 
 class TextGenerationPipeline(GenerationPipeline):
@@ -32,12 +37,13 @@ class TextGenerationPipeline(GenerationPipeline):
     DEFAULTS = {"max_new_tokens": 256, "do_sample": True, "temperature": 0.7}
     PIPELINE_OPTIONS = {"return_full_text", "return_tensors", "return_text", "prefix", "clean_up_tokenization_spaces",
                         "skip_special_tokens", "stop_sequence", "continue_final_message", "add_special_tokens",
-                        "batch_size"}
+                        "tokenizer_encode_kwargs", "batch_size"}
 
     def check_options(self, options):
         options = super().check_options(options)
         if options.get("return_full_text") is not None and options.get("return_tensors"):
             raise ValueError("return_full_text is mutually exclusive with return_tensors")
+        encode_kwargs(options.get("tokenizer_encode_kwargs"))
         return options
 
     def is_single(self, inputs) -> bool:
@@ -46,7 +52,7 @@ class TextGenerationPipeline(GenerationPipeline):
 
     # -- preprocessing ---------------------------------------------------------------------
 
-    def prompt_text(self, item, prefix, continue_final_message=None) -> tuple[str, bool]:
+    def prompt_text(self, item, prefix, continue_final_message=None, template_variables=None) -> tuple[str, bool]:
         """The text the model continues, and whether it came from a chat."""
         if isinstance(item, str):
             return (prefix or "") + item, False
@@ -54,16 +60,21 @@ class TextGenerationPipeline(GenerationPipeline):
         if continue_final_message is None:  # a chat ending with the assistant's words is a prefill
             continue_final_message = messages[-1]["role"] == "assistant"
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=not continue_final_message,
-                                                  continue_final_message=bool(continue_final_message))
+                                                  continue_final_message=bool(continue_final_message),
+                                                  **(template_variables or {}))
         return text, True
 
     def encode_items(self, items, task_options):
         """Token ids of each prompt, as transformers' pipeline makes them: a prompt string (after
         the prefix) with the tokenizer's own special tokens unless `add_special_tokens` says
         otherwise (BOS for Llama-style tokenizers, nothing for GPT-2 / Qwen2); a chat as its
-        rendered template and nothing more, since templates write BOS themselves."""
+        rendered template and nothing more, since templates write BOS themselves.
+        `tokenizer_encode_kwargs` (transformers' name): its add_special_tokens wins over the
+        keyword for prompt strings; its other keys are the chat template's variables
+        (Qwen3's enable_thinking=False)."""
         prefix = task_options.get("prefix", self.prefix)
-        add_special_tokens = task_options.get("add_special_tokens")
+        template_variables = encode_kwargs(task_options.get("tokenizer_encode_kwargs"))
+        add_special_tokens = template_variables.pop("add_special_tokens", task_options.get("add_special_tokens"))
         if add_special_tokens is not None and not isinstance(add_special_tokens, bool):
             raise TypeError(f"add_special_tokens must be True or False, got {add_special_tokens!r}")
         texts, chat = [], []
@@ -71,7 +82,11 @@ class TextGenerationPipeline(GenerationPipeline):
             if not isinstance(item, (str, list, tuple)):
                 raise TypeError(f"inputs[{i}] must be a prompt string or a chat (list of messages), "
                                 f"got {type(item).__name__}")
-            text, is_chat = self.prompt_text(item, prefix, task_options.get("continue_final_message"))
+            if isinstance(item, str) and template_variables:
+                raise ValueError(f"tokenizer_encode_kwargs {sorted(template_variables)} are chat template variables, "
+                                 f"but inputs[{i}] is a prompt string, which no template renders")
+            text, is_chat = self.prompt_text(item, prefix, task_options.get("continue_final_message"),
+                                             template_variables)
             texts.append(text)
             chat.append(is_chat)
         prompts: list = [None] * len(items)
@@ -212,6 +227,21 @@ class TextGenerationPipeline(GenerationPipeline):
         """A sentencepiece byte-fallback token (<0xE2>)."""
         token = self.tokenizer.id_to_token(token_id) or ""
         return len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+
+
+def encode_kwargs(value) -> dict:
+    """tokenizer_encode_kwargs checked: a dict of names, none of them apply_chat_template's own arguments."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"tokenizer_encode_kwargs must be a dict of keyword arguments, got {value!r:.80}")
+    refused = sorted(set(value) & CHAT_ARGUMENTS)
+    if refused:
+        raise ValueError(f"tokenizer_encode_kwargs can't set {refused}: it takes add_special_tokens and the chat "
+                         "template's own variables (e.g. enable_thinking)")
+    if "add_special_tokens" in value and not isinstance(value["add_special_tokens"], bool):
+        raise TypeError(f"add_special_tokens must be True or False, got {value['add_special_tokens']!r}")
+    return dict(value)
 
 
 # what transformers' clean_up_tokenization removes a space from; a tail of the text that could

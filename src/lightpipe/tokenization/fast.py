@@ -3,8 +3,8 @@ transformers' fast tokenizers: special tokens, pairs, truncation with overflow, 
 
 `backend_from_files` builds the `tokenizers.Tokenizer` from a folder's files, as transformers
 does: tokenizer.json; else vocab.txt (WordPiece, BERT-style); else vocab.json + merges.txt
-(byte-level BPE); else a sentencepiece model (T5's or ALBERT's spiece.model, DeBERTa's spm.model),
-converted (spiece.py).
+(byte-level BPE); else a sentencepiece model (T5's, ALBERT's or Pegasus's spiece.model, DeBERTa's
+spm.model, NLLB's sentencepiece.bpe.model), converted (spiece.py).
 """
 
 from __future__ import annotations
@@ -128,14 +128,15 @@ def backend_from_files(folder: Path, source: str, config: dict, model_type: str 
         with _unreadable(folder / "tokenizer.json"):
             backend = Backend.from_file(str(folder / "tokenizer.json"))
         _bos_eos_post_processor(backend, config, model_type)
+        _language_post_processor(backend, config, model_type)
     elif source == "vocab.txt":
         with _unreadable(folder / "vocab.txt"):
             backend = _wordpiece(folder / "vocab.txt", config, model_type)
     elif source == "vocab.json + merges.txt":
         with _unreadable(folder / "vocab.json", folder / "merges.txt"):
             backend = _byte_level_bpe(folder, config, model_type)
-    elif source in ("spiece.model", "spm.model"):
-        from .spiece import sentencepiece_backend  # T5 / ALBERT / DeBERTa saved by the slow tokenizer
+    elif source in ("spiece.model", "spm.model", "sentencepiece.bpe.model"):
+        from .spiece import sentencepiece_backend  # T5 / ALBERT / DeBERTa / Pegasus / NLLB saved by the slow tokenizer
 
         backend = sentencepiece_backend(folder / source, config, model_type)
     else:
@@ -188,6 +189,17 @@ def _bos_eos_post_processor(backend: Backend, config: dict, model_type: str | No
     if any(i is None for _, i in specials):
         return  # a special token missing from the vocabulary: keep tokenizer.json's own
     backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+
+
+def _language_post_processor(backend: Backend, config: dict, model_type: str | None) -> None:
+    """NllbTokenizerFast rebuilds the post-processor when it loads, from tokenizer_config's
+    src_lang and legacy_behaviour (tokenizer.json keeps the one it was saved with)."""
+    from .spiece import tokenizer_kind
+
+    if tokenizer_kind(config, model_type) == "nllb":
+        from .languages import nllb_post_processor
+
+        backend.post_processor = nllb_post_processor(backend, config)
 
 
 def _wordpiece(vocab: Path, config: dict, model_type: str | None = None) -> Backend:

@@ -51,7 +51,7 @@ def _load_spm(path: Path):
         import sentencepiece
     except ImportError:
         raise ImportError(
-            f"{path.parent} is a Marian checkpoint (source.spm/target.spm): its tokenizer needs sentencepiece; "
+            f"{path.parent}'s tokenizer is read with sentencepiece ({path.name}: a Marian or M2M100 checkpoint); "
             "pip install 'lightpipe[marian]'"
         ) from None
     sp = sentencepiece.SentencePieceProcessor()

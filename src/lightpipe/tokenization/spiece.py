@@ -7,8 +7,14 @@ slow-to-fast converters do when `AutoTokenizer` loads a folder that has no token
               tokenizer_config says), `[CLS] $A [SEP]`
   deberta-v2  DeBERTa-v2/v3's and mDeBERTa's spm.model: DebertaV2Converter (strip, optional
               punctuation split), `[CLS] $A [SEP]`
+  nllb        NLLB-200's sentencepiece.bpe.model: NllbConverter (fairseq's ids: <s> <pad> </s>
+              <unk> first, the pieces shifted by one), the language codes and <mask> added, the
+              source language around the text (languages.py)
+  pegasus     Pegasus's spiece.model: PegasusConverter (<pad> </s> <mask_1> <mask_2> <unk_2>..
+              <unk_102> first, the pieces shifted by `offset`), whitespace split, `$A </s>`
 
-Every one is a Unigram model with the proto's scores, the proto's precompiled normalizer and
+Every one is a Unigram model with the proto's scores (or, for a BPE-trained model, BPE with the
+merges transformers derives from the pieces), the proto's precompiled normalizer and
 Metaspace ("▁") pre-tokenization. It needs neither sentencepiece nor protobuf: the model file is
 read by the small protobuf reader below. `with_class_defaults` gives a tokenizer_config the
 special tokens and options transformers' class for it sets when the file doesn't.
@@ -25,8 +31,10 @@ SPIECE_UNDERLINE = "▁"
 
 # the tokenizer classes converted here, by tokenizer_config's tokenizer_class (without "Fast"),
 # and the model types that get them when it names none
-CLASSES = {"T5Tokenizer": "t5", "AlbertTokenizer": "albert", "DebertaV2Tokenizer": "deberta-v2"}
-MODEL_TYPES = {"t5": "t5", "mt5": "t5", "umt5": "t5", "albert": "albert", "deberta-v2": "deberta-v2"}
+CLASSES = {"T5Tokenizer": "t5", "AlbertTokenizer": "albert", "DebertaV2Tokenizer": "deberta-v2",
+           "NllbTokenizer": "nllb", "PegasusTokenizer": "pegasus"}
+MODEL_TYPES = {"t5": "t5", "mt5": "t5", "umt5": "t5", "albert": "albert", "deberta-v2": "deberta-v2",
+               "pegasus": "pegasus"}
 
 # what those classes' __init__ defaults set when tokenizer_config.json doesn't (real repos such as
 # albert-base-v2 and microsoft/deberta-v3-base ship none or a two-key one), special tokens with
@@ -42,6 +50,13 @@ CLASS_DEFAULTS = {
                    "unk_token": {"content": "[UNK]", "lstrip": False, "rstrip": False, "normalized": True,
                                  "single_word": False},
                    "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"},
+    "nllb": {"legacy_behaviour": False, "src_lang": None, "tgt_lang": None,
+             "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>",
+             "pad_token": "<pad>",
+             "mask_token": {"content": "<mask>", "lstrip": True, "rstrip": False, "normalized": True,
+                            "single_word": False}},
+    "pegasus": {"offset": 103, "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
+                "mask_token": "<mask_2>", "mask_token_sent": "<mask_1>"},
 }
 
 
@@ -55,8 +70,31 @@ def tokenizer_kind(config: dict, model_type: str | None) -> str | None:
 
 def with_class_defaults(config: dict, model_type: str | None) -> dict:
     """`config` completed with the defaults of the tokenizer class it belongs to (itself if none)."""
-    defaults = CLASS_DEFAULTS.get(tokenizer_kind(config, model_type))
-    return {**defaults, **config} if defaults else config
+    kind = tokenizer_kind(config, model_type)
+    defaults = CLASS_DEFAULTS.get(kind)
+    if not defaults:
+        return config
+    config = {**defaults, **config}
+    if kind == "nllb" and config.get("additional_special_tokens") is None:  # NllbTokenizer's None: every code
+        from .languages import NLLB_CODES
+
+        config["additional_special_tokens"] = list(NLLB_CODES)
+    elif kind == "pegasus":
+        config["additional_special_tokens"] = _pegasus_specials(config)
+    return config
+
+
+def _pegasus_specials(config: dict) -> list:
+    """PegasusTokenizer's additional special tokens: <mask_1> first, then the given ones, filled
+    up with <unk_N> to offset - 1 tokens; <mask_1> and <unk_2>..<unk_102> when none are given."""
+    sent, offset = config.get("mask_token_sent"), int(config["offset"])
+    given = config.get("additional_special_tokens")
+    if given is None:
+        return ([sent] if sent is not None else []) + [f"<unk_{i}>" for i in range(2, offset)]
+    texts = [token_text(t) for t in given]
+    extended = list(given) if sent is None or sent in texts else [sent, *given]
+    extended += [f"<unk_{i}>" for i in range(len(extended), offset - 1)]
+    return extended
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -92,7 +130,7 @@ def _proto_fields(buf: bytes):
 
 def read_spm_model(path) -> dict:
     """The parts of a sentencepiece ModelProto a converter needs: pieces (piece, score, type),
-    model_type (1 unigram, 2 BPE), unk_id, byte_fallback, precompiled_charsmap."""
+    model_type (1 unigram, 2 BPE), unk_id, unk_piece, byte_fallback, precompiled_charsmap."""
     pieces, trainer, normalizer = [], {}, {}
     for number, value in _proto_fields(Path(path).read_bytes()):
         if number == 1:  # SentencePiece {piece = 1; score = 2; type = 3}
@@ -109,8 +147,47 @@ def read_spm_model(path) -> dict:
             trainer = dict(_proto_fields(value))
         elif number == 3:  # NormalizerSpec
             normalizer = dict(_proto_fields(value))
+    unk_piece = trainer.get(45, b"<unk>")
     return {"pieces": pieces, "model_type": trainer.get(3, 1), "unk_id": trainer.get(40, 0),
+            "unk_piece": unk_piece.decode("utf-8") if isinstance(unk_piece, bytes) else "<unk>",
             "byte_fallback": bool(trainer.get(35, 0)), "precompiled_charsmap": normalizer.get(2, b"")}
+
+
+def _vocab(kind: str, config: dict, proto: dict) -> tuple[list[tuple[str, float]], int]:
+    """The converted vocabulary (piece, score) in id order, and the unk id, as each converter
+    lays them out."""
+    pieces = proto["pieces"]
+    if kind == "nllb":  # fairseq's dictionary: <s> <pad> </s> <unk>, then the pieces after spm's own three
+        specials = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+        return specials + [(p, s) for p, s, _ in pieces[3:]], 3
+    if kind == "pegasus":  # pad, eos, the two masks and <unk_2>..<unk_{offset-1}> before spm's pieces
+        offset, sent = int(config["offset"]), token_text(config.get("mask_token_sent"))
+        vocab = [(token_text(config["pad_token"]), 0.0), (token_text(config["eos_token"]), 0.0)]
+        if sent is not None:
+            vocab.append((sent, 0.0))
+            if config.get("mask_token") is not None:  # the slow class gives it id 3, under the offset
+                vocab.append((token_text(config["mask_token"]), 0.0))
+        vocab += [(f"<unk_{i}>", -100.0) for i in range(2, offset)]
+        return vocab + [(p, s) for p, s, _ in pieces[2:]], proto["unk_id"] + offset
+    vocab = [(piece, score - 100 if kind == "albert" and _number_comma(piece) else score)
+             for piece, score, _ in pieces]
+    if kind == "t5":
+        extra_ids = int(config.get("extra_ids", 100) or 0)
+        vocab += [(f"<extra_id_{i}>", 0.0) for i in range(extra_ids - 1, -1, -1)]
+    return vocab, proto["unk_id"]
+
+
+def _bpe_merges(pieces: list[str], vocab: list[tuple[str, float]]) -> list[tuple[str, str]]:
+    """transformers' generate_merges for a BPE sentencepiece model: every split of a vocabulary
+    entry into two of the model's pieces, ordered by the entry's score (then by the parts'
+    lengths; ties keep the order of the parts' ids)."""
+    ids = {piece: i for i, piece in enumerate(pieces)}
+    merges = []
+    for merge, score in dict(vocab).items():
+        local = [(merge[:i], merge[i:], score) for i in range(1, len(merge)) if merge[:i] in ids and merge[i:] in ids]
+        merges += sorted(local, key=lambda m: (ids[m[0]], ids[m[1]]))
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(left, right) for left, right, _ in merges]
 
 
 def _number_comma(piece: str) -> bool:
@@ -149,7 +226,7 @@ def sentencepiece_backend(path, config: dict, model_type: str | None = None):
     for the tokenizer class of `config` (tokenizer_config.json) / `model_type`."""
     from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers
     from tokenizers import Tokenizer as Backend
-    from tokenizers.models import Unigram
+    from tokenizers.models import BPE, Unigram
 
     path = Path(path)
     kind = tokenizer_kind(config, model_type)
@@ -161,13 +238,16 @@ def sentencepiece_backend(path, config: dict, model_type: str | None = None):
             "tokenizer.json")
     config = with_class_defaults(config, model_type)
     proto = read_spm_model(path)
-    if proto["model_type"] != 1:
-        raise ValueError(f"{path}: only unigram sentencepiece models are supported here (got model_type {proto['model_type']})")
-    vocab = [(piece, score - 100 if kind == "albert" and _number_comma(piece) else score)
-             for piece, score, _ in proto["pieces"]]
-    extra_ids = int(config.get("extra_ids", 100) or 0) if kind == "t5" else 0
-    vocab += [(f"<extra_id_{i}>", 0.0) for i in range(extra_ids - 1, -1, -1)]
-    backend = Backend(Unigram(vocab, unk_id=proto["unk_id"], byte_fallback=False))
+    vocab, unk_id = _vocab(kind, config, proto)
+    if proto["model_type"] == 1:
+        backend = Backend(Unigram(vocab, unk_id=unk_id, byte_fallback=False))
+    elif proto["model_type"] == 2:
+        merges = _bpe_merges([p for p, _, _ in proto["pieces"]], vocab)
+        backend = Backend(BPE({piece: i for i, (piece, _) in enumerate(vocab)}, merges, unk_token=proto["unk_piece"],
+                              fuse_unk=True, byte_fallback=False))
+    else:
+        raise ValueError(f"{path}: only unigram and BPE sentencepiece models are supported "
+                         f"(got model_type {proto['model_type']})")
     # control (3) and user-defined (4) pieces are added tokens; control ones special
     backend.add_tokens([AddedToken(piece, normalized=False, special=piece_type == 3)
                         for piece, _, piece_type in proto["pieces"] if piece_type in (3, 4)])
@@ -177,6 +257,8 @@ def sentencepiece_backend(path, config: dict, model_type: str | None = None):
     if kind == "deberta-v2":
         split = [pre_tokenizers.Punctuation(behavior="isolated")] if config["split_by_punct"] else []
         backend.pre_tokenizer = pre_tokenizers.Sequence([*split, metaspace])
+    elif kind == "pegasus":
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), metaspace])
     else:
         backend.pre_tokenizer = metaspace
     backend.decoder = decoders.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme=scheme)
@@ -188,7 +270,7 @@ def sentencepiece_backend(path, config: dict, model_type: str | None = None):
     specials = [config.get(f"{n}_token") for n in SPECIAL_NAMES if config.get(f"{n}_token")]
     specials += list(config.get("additional_special_tokens") or [])
     if kind == "t5" and not saved and not config.get("additional_special_tokens"):
-        specials += [f"<extra_id_{i}>" for i in range(extra_ids)]
+        specials += [f"<extra_id_{i}>" for i in range(int(config.get("extra_ids", 100) or 0))]
     present = {t.content for t in backend.get_added_tokens_decoder().values()} if kind == "t5" else {
         token["content"] for token in saved.values()}
     seen = set()
@@ -216,6 +298,14 @@ def _post_processor(kind: str, config: dict, backend):
         eos = token_text(config.get("eos_token")) or "</s>"
         return processors.TemplateProcessing(
             single=["$A", eos], pair=["$A", eos, "$B", eos], special_tokens=[(eos, backend.token_to_id(eos))])
+    if kind == "pegasus":
+        eos = token_text(config.get("eos_token"))
+        return processors.TemplateProcessing(
+            single=["$A", eos], pair=["$A", "$B", eos], special_tokens=[(eos, backend.token_to_id(eos))])
+    if kind == "nllb":
+        from .languages import nllb_post_processor
+
+        return nllb_post_processor(backend, config)
     # transformers' converters write [CLS] and [SEP] literally, whatever cls_token/sep_token say
     return processors.TemplateProcessing(
         single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
