@@ -224,6 +224,20 @@ def test_cli_unreachable_hub_is_one_line_in_a_fresh_process(hub_server):
     assert "Connection refused" in proc.stderr and " object at 0x" not in proc.stderr
 
 
+
+def test_search_never_imports_torch(hub_server):
+    """Saying what loads reads lightpipe.families, not the model code: `lightpipe models` stays a
+    second's work, not torch's import."""
+    add_catalog(hub_server)
+    env = {**{k: v for k, v in os.environ.items() if k not in ("LIGHTPIPE_DEBUG", "HF_HUB_OFFLINE")},
+           "PYTHONPATH": SRC, "HF_ENDPOINT": hub_server.endpoint}
+    program = ("import sys; from lightpipe import hub_search\n"
+               "found = hub_search.list_models(task='text-classification', limit=20, include_unloadable=True)\n"
+               "print(sum(m['loads'] for m in found), 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["3", "False"]
+
 # -- the playground's search route ---------------------------------------------------------------
 
 @pytest.mark.server

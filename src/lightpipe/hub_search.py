@@ -23,7 +23,7 @@ GATED_NOTE = "gated: accept its terms on the model page, then log in (`huggingfa
 
 def supported_model_types() -> set[str]:
     """The config `model_type`s lightpipe's loader builds (the one place that says so)."""
-    from .loading import FAMILIES
+    from .families import FAMILIES
 
     return set(FAMILIES)
 

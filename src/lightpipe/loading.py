@@ -2,7 +2,7 @@
 
 A model family lives in `models/<family>.py` and registers itself with a `Family` record in
 the module's `FAMILIES` (models/base.py: the Hub model_types it builds, its Config, its head
-classes, its `sanitize`); `FAMILIES` below maps each model_type to that module, imported only
+classes, its `sanitize`); `families.FAMILIES` maps each model_type to that module, imported only
 when a checkpoint needs it. The hooks a head class may define (`base_model_prefix`,
 `ignore_unexpected`, `tied_weights`, `tie_weights()`, `post_load()`) are documented, with their
 defaults, on `models.base.Model`.
@@ -22,38 +22,11 @@ from pathlib import Path
 import torch
 
 from . import repo_files
+from .families import FAMILIES  # model_type → module in lightpipe.models
 from .models.base import Family, Model
 
 log = logging.getLogger(__name__)
 
-# Hub model_type → the module in lightpipe.models whose FAMILIES record builds it
-FAMILIES = {
-    "bert": "bert",
-    "roberta": "bert",
-    "xlm-roberta": "bert",
-    "camembert": "bert",
-    "distilbert": "distilbert",
-    "mpnet": "mpnet",
-    "electra": "electra",
-    "modernbert": "modernbert",
-    "deberta-v2": "deberta_v2",
-    "albert": "albert",
-    "gpt2": "gpt2",
-    "llama": "llama",
-    "mistral": "llama",
-    "qwen2": "llama",
-    "qwen3": "qwen3",
-    "gemma2": "gemma2",
-    "gemma3_text": "gemma3_text",
-    "phi3": "phi3",
-    "bart": "bart",
-    "mbart": "bart",
-    "t5": "t5",
-    "marian": "marian",
-    "m2m_100": "m2m_100",
-    "pegasus": "pegasus",
-    "mt5": "mt5",
-}
 
 # architectures[0] suffix → head, for choosing a head when the caller doesn't say
 ARCHITECTURE_HEADS = {
