@@ -185,8 +185,11 @@ def test_openai_client_embeddings_and_models(server, direct):
 
 
 def test_inference_client_base_url_routes_by_request_shape(server, direct):
-    """InferenceClient("http://host:port") posts every task to `/`: the shape picks the model."""
+    """InferenceClient("http://host:port") posts every task to `/`: the request's shape and
+    parameters pick the model; a request several served tasks could take is a 400 naming the
+    served models (the client shows it), never another task's answer."""
     from huggingface_hub import InferenceClient
+    from huggingface_hub.errors import HfHubHTTPError
 
     client = InferenceClient(server.url)
     vec = client.feature_extraction("Hello world")
@@ -195,13 +198,30 @@ def test_inference_client_base_url_routes_by_request_shape(server, direct):
     sims = client.sentence_similarity("I love learning.", other_sentences=["I like studying.", "Stocks fell."])
     expected = direct["emb"].embed(["I love learning.", "I like studying.", "Stocks fell."])
     assert close(sims, (expected[1:] @ expected[0]).tolist())
-    got = as_dicts(client.text_classification("I love this"))
-    assert close(got, direct["cls"]("I love this", top_k=None))
     assert close(as_dicts(client.zero_shot_classification(TEXTS[0], candidate_labels=["code", "food"])),
                  [dict(label=l, score=s) for l, s in zip(*(direct["nli"](TEXTS[0], candidate_labels=["code", "food"])[k]
                                                             for k in ("labels", "scores")))])
     qa = client.question_answering(question="Where do I work?", context="I work at Hugging Face in Brooklyn.")
     assert close(as_dicts(qa), direct["qa"](question="Where do I work?", context="I work at Hugging Face in Brooklyn."))
+    # parameters only one task takes
+    got = as_dicts(client.text_classification("I love this", function_to_apply="softmax"))
+    assert close(got, direct["cls"]("I love this", top_k=None, function_to_apply="softmax"))
+    ner = client.token_classification(TEXTS[1], aggregation_strategy="first")
+    assert close(as_dicts(ner), direct["ner"](TEXTS[1], aggregation_strategy="first"))
+    text = TEXTS[2].split(" ", 1)[1] + " [MASK]."  # the fill-mask model's mask token claims the text
+    assert close(as_dicts(client.fill_mask(text)), direct["mlm"](text))
+    prompt = "The assert statement"
+    expected = direct["gpt"](prompt, do_sample=False, max_new_tokens=6, return_full_text=False)[0]["generated_text"]
+    assert client.text_generation(prompt, max_new_tokens=6) == expected
+    # a plain text and no telling parameter: classification, NER, generation, summarization and
+    # translation models could all take it
+    for call in (lambda: client.text_classification("I love this"), lambda: client.summarization(TEXTS[3]),
+                 lambda: client.translation(TEXTS[3]), lambda: client.fill_mask("no mask token here")):
+        with pytest.raises(HfHubHTTPError) as err:
+            call()
+        assert err.value.response.status_code == 400
+        assert "Served models" in str(err.value) and "cls0 (text-classification)" in str(err.value)
+        assert "/models/{name}" in str(err.value)
 
 
 def test_inference_client_per_model_urls(server, folders, direct):
@@ -212,7 +232,7 @@ def test_inference_client_per_model_urls(server, folders, direct):
     mlm = InferenceClient(f"{server.url}/models/{name(folders, 'mlm')}")
     text = TEXTS[2].split(" ", 1)[1] + " [MASK]."
     assert close(as_dicts(mlm.fill_mask(text, top_k=3)), direct["mlm"](text, top_k=3))
-    cls = InferenceClient(f"{server.url}/models/{folders['cls']}")  # the full folder path works too
+    cls = InferenceClient(f"{server.url}/models/text-classification")  # a task name finds its model too
     assert close(as_dicts(cls.text_classification(TEXTS[3], top_k=1)), direct["cls"](TEXTS[3], top_k=1))
     emb = InferenceClient(f"{server.url}/models/{MINILM}/pipeline/feature-extraction")
     assert emb.feature_extraction(["a", "b"]).shape == (2, 384)
@@ -248,7 +268,7 @@ def test_summarization_and_translation(server, folders, direct):
     expected_ids = direct["sum"](text, return_tensors=True, **gen)[0]["summary_token_ids"]  # a tensor: JSON sends a list
     assert ids.status_code == 200 and ids.json() == [{"summary_token_ids": expected_ids.tolist()}]
     done = OpenAI(base_url=server.url + "/v1", api_key="-").completions.create(
-        model=str(folders["mt"]), prompt=text, max_tokens=6, temperature=0)
+        model=name(folders, "mt"), prompt=text, max_tokens=6, temperature=0)
     assert done.choices[0].text == direct["mt"](text, max_new_tokens=6, do_sample=False)[0]["translation_text"]
 
 
@@ -256,7 +276,7 @@ def test_openai_chat_and_completions(server, folders, direct):
     from openai import OpenAI
 
     client = OpenAI(base_url=server.url + "/v1", api_key="-")
-    gpt = str(folders["gpt"])
+    gpt = name(folders, "gpt")
     chat = [{"role": "user", "content": "Explain attention."}]
     expected = direct["gpt"](chat, do_sample=False, max_new_tokens=8, return_full_text=False)[0]["generated_text"]
     out = client.chat.completions.create(model=gpt, messages=chat, max_tokens=8, temperature=0)
@@ -299,7 +319,7 @@ def test_finish_reasons_and_stop_strings_agree_on_every_generation_route(server,
     assert "".join(e["token"]["text"] for e in events) == text
     assert (events[-1]["generated_text"], events[-1]["details"]["finish_reason"]) == (text, tgi_reason)
 
-    body = {"model": str(folders["gpt"]), "prompt": prompt, "max_tokens": limit, "temperature": 0, "stop": stop}
+    body = {"model": gpt, "prompt": prompt, "max_tokens": limit, "temperature": 0, "stop": stop}
     choice = post(server, "/v1/completions", body).json()["choices"][0]
     assert (choice["text"], choice["finish_reason"]) == (text, openai_reason)
     chunks = sse_events(post(server, "/v1/completions", {**body, "stream": True}).text)
@@ -375,19 +395,31 @@ def test_tei_routes(server, direct):
     ("/models/no-such-model", {"inputs": "x"}, 404, "not_found"),
     ("/", b"{not json", 422, "validation"),
     ("/", {"parameters": {}}, 422, "validation"),
-    ("/v1/embeddings", {"model": MINILM, "input": [1, 2, 3]}, 422, "validation"),
+    ("/v1/embeddings", {"model": MINILM, "input": [1, 2, 10**9]}, 422, "validation"),
     ("/v1/embeddings", {"model": MINILM, "input": "x", "encoding_format": "int8"}, 422, "validation"),
+    ("/v1/embeddings", {"model": "gpt0", "input": "x"}, 422, "validation"),
     ("/embed", {"inputs": ["x"] * 33}, 413, "payload_too_large"),
     ("/embed", {"inputs": "word " * 50_000}, 413, "payload_too_large"),
     ("/predict", {"inputs": "x", "nope": 1, "raw_scores": "yes"}, 422, "validation"),
     ("/v1/chat/completions", {"model": MINILM, "messages": [{"role": "user", "content": "hi"}]}, 422, "validation"),
+    ("/v1/chat/completions", {"model": "gpt0", "messages": [{"role": "user", "content": "hi"}], "logprobs": True},
+     400, "validation"),
+    ("/v1/nowhere", {}, 404, "not_found"),
     ("/nowhere", {}, 404, "not_found"),
 ])
 def test_error_statuses(server, path, body, status, kind):
+    """HF routes answer {"error", "error_type"}; OpenAI routes OpenAI's {"error": {"message",
+    "type", "param", "code"}}."""
     r = httpx.post(server.url + path, content=body if isinstance(body, bytes) else json.dumps(body).encode(),
                    headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == status, r.text
-    assert r.json()["error_type"] == kind and r.json()["error"]
+    error = r.json()["error"]
+    if path.startswith("/v1/"):
+        assert set(error) == {"message", "type", "param", "code"} and error["message"], error
+        assert error["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
+        assert error["code"] in (kind, "model_not_found")
+    else:
+        assert r.json()["error_type"] == kind and isinstance(error, str) and error
 
 
 def test_pipeline_errors_are_422_with_the_pipelines_message(server, folders):
@@ -403,8 +435,8 @@ def test_pipeline_errors_are_422_with_the_pipelines_message(server, folders):
 
     with pytest.raises(HfHubHTTPError, match="422"):
         InferenceClient(server.url + cls).text_classification(LONG)
-    with pytest.raises(UnprocessableEntityError):
-        OpenAI(base_url=server.url + "/v1", api_key="-").embeddings.create(model=MINILM, input=[[1, 2]])
+    with pytest.raises(UnprocessableEntityError, match="token ids in"):  # the client shows the server's message
+        OpenAI(base_url=server.url + "/v1", api_key="-").embeddings.create(model=MINILM, input=[[1, 10**7]])
 
 
 class Gated:
@@ -518,7 +550,7 @@ def test_health_is_503_while_loading_and_load_route(folders, monkeypatch):
         return real(task, model, **kw)
 
     monkeypatch.setattr(registry_module, "load_pipeline", slow)
-    app = create_app(["org/slow"], allow_load=True)
+    app = create_app(["org/slow"], allow_load=True, allow_load_local=True)
     with start_in_thread(app) as srv:
         health = httpx.get(srv.url + "/health")
         assert health.status_code == 503 and health.json()["error_type"] == "loading"

@@ -118,6 +118,14 @@ class GenerationConfig:
             raise ValueError(
                 f"`num_return_sequences` (={self.num_return_sequences}) must be <= `num_beams` (={self.num_beams})"
             )
+        for name in ("eos_token_id", "forced_eos_token_id"):
+            ids = getattr(self, name)
+            if ids is not None and not (
+                (isinstance(ids, int) and not isinstance(ids, bool) and ids >= 0)
+                or (isinstance(ids, (list, tuple)) and ids
+                    and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids))
+            ):
+                raise ValueError(f"`{name}` must be a token id or a non-empty list of token ids, got {ids!r}")
         if self.bad_words_ids is not None and (
             not isinstance(self.bad_words_ids, list)
             or not self.bad_words_ids

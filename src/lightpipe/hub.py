@@ -41,11 +41,12 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def resolve(model: str | os.PathLike, revision: str | None = None, *, allow_pickle: bool = False,
-            token=None, endpoint: str | None = None) -> Path:
-    """The local folder holding `model` (a folder path or a Hub id) at `revision`."""
-    local = _local_folder(model)
-    if local is not None:
-        return local
+            token=None, endpoint: str | None = None, local: bool = True) -> Path:
+    """The local folder holding `model` (a folder path or a Hub id) at `revision`. With
+    local=False, `model` is a Hub id only: a folder of that name on this machine is not looked at
+    (the server's /api/load, where a client names the model)."""
+    if local and (folder := _local_folder(model)) is not None:
+        return folder
     model = str(model)
     cache = cache_dir()
     cached = _cached_snapshot(model, revision, cache)

@@ -115,6 +115,7 @@ class GenerationPipeline(Pipeline):
                                  "give at least one token of prompt")
             starts = [p or [config.bos_token_id] for p in prompts]
         longest = max(len(p) for p in starts)
+        self.check_memory(len(prompts), longest, config)
         pad = config.pad_token_id if config.pad_token_id is not None else 0
         ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), longest), dtype=torch.long)
@@ -139,6 +140,31 @@ class GenerationPipeline(Pipeline):
                 results.append([lead + r[longest:][:_length(r[longest:], eos)] for r in mine])
         return results
 
+    def check_memory(self, n_prompts: int, longest: int, config: GenerationConfig) -> None:
+        """Refuse a length whose key/value cache can't fit in the memory free now (the engine
+        allocates it for the whole length before the first step), rather than fail deep in torch.
+        A default length is never this large; a caller's max_new_tokens=10**9 is."""
+        asked = config.max_new_tokens if config.max_new_tokens is not None else config.max_length
+        if not asked or asked <= 4096:
+            return
+        length = (0 if self.encoder_decoder else longest) + asked
+        hard = getattr(self.model, "max_positions", None)
+        if hard is not None:
+            length = min(length, hard + 1)  # the engine stops at a learned position table's end
+        rows = n_prompts * max(config.num_beams, config.num_return_sequences)
+        needed = rows * length * (self._kv_bytes_per_position() + 16)  # + the token buffers (int64)
+        free = free_memory(self.device)
+        if free is not None and needed > free:
+            raise ValueError(f"max_new_tokens={asked} needs about {needed / 2**30:.1f} GiB of key/value cache for "
+                             f"{rows} sequence(s) of {length} positions, more than the {free / 2**30:.1f} GiB free "
+                             f"on {self.device}; ask for fewer new tokens")
+
+    def _kv_bytes_per_position(self) -> int:
+        if getattr(self, "_kv_bytes", None) is None:
+            cache = self.model.new_cache(1, 1)  # one sequence, one position
+            self._kv_bytes = sum(t.nbytes for t in vars(cache).values() if isinstance(t, torch.Tensor))
+        return self._kv_bytes
+
     # -- front-end facts ------------------------------------------------------------------
 
     @classmethod
@@ -148,6 +174,23 @@ class GenerationPipeline(Pipeline):
             values = [next(iter(r.values())) for r in result]
             return {next(iter(result[0])): values[0] if len(values) == 1 else values}
         return super().columns(result)
+
+
+def free_memory(device) -> int | None:
+    """Bytes free for tensors on `device` now: the GPU's free memory, or Linux's MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def as_list(value) -> list:

@@ -5,12 +5,15 @@ server), why a generation finished, and the token stream as server-sent events."
 from __future__ import annotations
 
 import json
+import logging
 
 from starlette.responses import StreamingResponse
 
-from . import errors
+from . import errors, limits
 from .common import run
 from .registry import Served, has_token_stream
+
+log = logging.getLogger("lightpipe.server")
 
 # transformers generate() keywords passed through as they are
 PASS_THROUGH = ("max_new_tokens", "max_length", "min_new_tokens", "num_beams", "num_return_sequences",
@@ -23,13 +26,15 @@ UNSUPPORTED = ("watermark", "grammar", "adapter_id", "best_of", "decoder_input_d
 
 def unsupported_error(names: list[str]) -> errors.ApiError:
     return errors.ApiError(400, f"The following `model_kwargs` are not used by the model: {names} "
-                                "(lightpipe does not implement them)", "validation")
+                                "(lightpipe does not implement them)", "validation", param=names[0])
 
 
 def sampling(options: dict, do_sample, temperature) -> dict:
     """do_sample/temperature as generate() wants them: temperature 0 means greedy."""
     if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0):
-        raise errors.validation(f"temperature must be a number >= 0, got {temperature!r}")
+        raise errors.validation(f"temperature must be a number >= 0, got {temperature!r}", param="temperature")
+    if do_sample is not None and not isinstance(do_sample, bool):
+        raise errors.validation(f"do_sample must be true or false, got {do_sample!r}", param="do_sample")
     if temperature == 0:
         do_sample, temperature = False, None
     if do_sample is not None:
@@ -46,14 +51,19 @@ def generation_options(served: Served, options: dict) -> dict:
     return options
 
 
-def stops_of(value) -> list[str]:
+MAX_STOPS = 16  # stop strings a request may give (OpenAI allows 4)
+
+
+def stops_of(value, name: str = "stop") -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
         return [value] if value else []
     if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        if len(value) > MAX_STOPS:
+            raise errors.validation(f"{name} has {len(value)} strings; at most {MAX_STOPS} are accepted", param=name)
         return [s for s in value if s]
-    raise errors.validation(f"stop must be a string or a list of strings, got {value!r}")
+    raise errors.validation(f"{name} must be a string or a list of strings, got {value!r:.80}", param=name)
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -135,21 +145,22 @@ def finish_reason(served: Served, text: str, stopped: bool, options: dict) -> tu
     return ("length" if limit and used >= limit else "eos_token"), used
 
 
-async def generate(served: Served, prompts: list, options: dict, seed=None) -> tuple[list, int]:
+async def generate(st, served: Served, prompts: list, options: dict, seed=None, defaults=(),
+                   names: dict | None = None) -> tuple[list, int]:
     """Each prompt's transformers-shaped output (coalesced with other requests' prompts that
-    ask the same options), and the prompt tokens."""
-    done = await run(served, "run", prompts, options, seed)
+    ask the same options), and the prompt tokens. The request is bounded first (limits.check)."""
+    lengths = bounded(st, served, prompts, options, defaults, names)
+    done = await run(served, "run", prompts, options, seed, tokens=sum(lengths))
     return done.results, done.tokens
 
 
-def open_stream(served: Served, prompt, options: dict, seed: int | None = None):
-    """The pipeline's token stream for one prompt, run on the worker thread."""
+def open_stream(st, served: Served, prompt, options: dict, seed: int | None = None, defaults=(),
+                names: dict | None = None):
+    """The pipeline's token stream for one prompt, run on the worker thread, and its prompt tokens."""
     if not has_token_stream(served.pipeline):
-        raise errors.validation(f"model {served.id} ({served.task}) cannot stream tokens; send stream=false")
-    try:
-        served.pipeline.check_options(dict(options))
-    except Exception as e:
-        raise errors.from_exception(e) from None
+        raise errors.validation(f"model {served.id} ({served.task}) cannot stream tokens; send stream=false",
+                                param="stream")
+    lengths = bounded(st, served, [prompt], options, defaults, names)
     pipe = served.pipeline
     if seed is not None:
         options = {**options, "seed": seed}  # its own torch.Generator: other requests can't move it
@@ -157,7 +168,19 @@ def open_stream(served: Served, prompt, options: dict, seed: int | None = None):
     def make():
         return pipe.stream(prompt, **options)
 
-    return served.batcher.stream(make)
+    try:
+        return served.batcher.stream(make), lengths[0]
+    except RuntimeError as e:  # shutting down
+        raise errors.ApiError(503, str(e), "unavailable") from None
+
+
+def bounded(st, served: Served, prompts: list, options: dict, defaults=(), names: dict | None = None) -> list[int]:
+    """limits.check on the request's options (which it may change: a default length cut to fit)."""
+    try:
+        served.pipeline.check_options(dict(options))
+    except Exception as e:
+        raise errors.from_exception(e) from None
+    return limits.check(served.pipeline, st.config, prompts, options, defaults, names)
 
 
 def sse(obj) -> str:
@@ -167,3 +190,11 @@ def sse(obj) -> str:
 
 def sse_response(events) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def stream_error(e: BaseException, served: Served) -> errors.ApiError:
+    """A failure during a stream, as the event that ends it (the server's own faults logged)."""
+    err = errors.from_exception(e)
+    if err.status >= 500:
+        log.error("stream on %s failed: %s: %s", served.id, type(e).__name__, e)
+    return err

@@ -49,13 +49,36 @@ function modelPath(id) {
   return "/models/" + id.split("/").map(encodeURIComponent).join("/");
 }
 
+// -- API key (a server started with --api-key): kept for this tab, sent with every call ------
+
+const KEY_STORE = "lightpipe-api-key";
+const plainFetch = window.fetch.bind(window);
+window.fetch = (path, options = {}) => {
+  const key = sessionStorage.getItem(KEY_STORE);
+  if (!key || typeof path !== "string" || !path.startsWith("/")) return plainFetch(path, options);
+  const headers = new Headers(options.headers || {});
+  headers.set("Authorization", "Bearer " + key);
+  return plainFetch(path, { ...options, headers });
+};
+
+function setupApiKey() {
+  const input = $("api-key");
+  input.value = sessionStorage.getItem(KEY_STORE) || "";
+  input.addEventListener("change", () => {
+    if (input.value.trim()) sessionStorage.setItem(KEY_STORE, input.value.trim());
+    else sessionStorage.removeItem(KEY_STORE);
+    refresh().catch((e) => showError(`could not reach the server: ${e.message}`));
+  });
+}
+
 async function api(path, options = {}) {
   const response = await fetch(path, options);
   const text = await response.text();
   let body;
   try { body = JSON.parse(text); } catch { body = text; }
   if (!response.ok) {
-    const message = body && body.error ? `${body.error}` : `HTTP ${response.status}`;
+    const error = body && body.error && typeof body.error === "object" ? body.error.message : body && body.error;
+    const message = error ? `${error}` : `HTTP ${response.status}`;
     throw new Error(`${message} (${response.status}${body && body.error_type ? ", " + body.error_type : ""})`);
   }
   return body;
@@ -364,6 +387,7 @@ async function streamGeneration(path, body) {
 // -- start ---------------------------------------------------------------------------------
 
 function init() {
+  setupApiKey();
   for (const task of TASKS) {
     $("search-task").append(el("option", { value: task }, task));
     $("load-task").append(el("option", { value: task }, task));
