@@ -296,6 +296,111 @@ def test_openai_chat_and_completions(server, folders, direct):
     assert raw.rstrip().endswith("data: [DONE]")
 
 
+def test_inference_client_every_task_method(server, folders, direct):
+    """Every InferenceClient task method the served tasks cover, called the way its docs call it
+    on a per-model URL, answers what the pipeline answers; chat_completion works on the base URL
+    (the client sends model="dummy": the one chat model answers, as TGI does) and on a per-model
+    URL (it posts to /models/NAME/v1/chat/completions), plain and streamed."""
+    from huggingface_hub import InferenceClient
+
+    def at(key):
+        return InferenceClient(f"{server.url}/models/{MINILM if key == 'emb' else name(folders, key)}")
+
+    emb = at("emb")
+    np.testing.assert_allclose(emb.feature_extraction(["a cat", "a dog"]), direct["emb"].embed(["a cat", "a dog"]).numpy(),
+                               atol=1e-4)
+    sims = emb.sentence_similarity("a cat", other_sentences=["a kitten", "stocks"])
+    vectors = direct["emb"].embed(["a cat", "a kitten", "stocks"])
+    assert close(sims, (vectors[1:] @ vectors[0]).tolist())
+    assert close(as_dicts(at("cls").text_classification(TEXTS[5])), direct["cls"](TEXTS[5], top_k=None))
+    assert close(as_dicts(at("cls").text_classification(TEXTS[5], top_k=1)), direct["cls"](TEXTS[5], top_k=1))
+    assert close(as_dicts(at("ner").token_classification(TEXTS[6])), direct["ner"](TEXTS[6], aggregation_strategy="simple"))
+    masked = "The [MASK] statement is used for debugging."
+    assert close(as_dicts(at("mlm").fill_mask(masked, top_k=2)), direct["mlm"](masked, top_k=2))
+    qa = at("qa").question_answering(question="Who works?", context="Sarah works at a bakery in Paris.")
+    assert close(as_dicts(qa), direct["qa"](question="Who works?", context="Sarah works at a bakery in Paris."))
+    zs = at("nli").zero_shot_classification(TEXTS[7], candidate_labels=["code", "food"], multi_label=True)
+    want = direct["nli"](TEXTS[7], candidate_labels=["code", "food"], multi_label=True)
+    assert close(as_dicts(zs), [{"label": l, "score": s} for l, s in zip(want["labels"], want["scores"])])
+    gen = {"max_new_tokens": 5}
+    assert at("sum").summarization(TEXTS[8], generate_parameters=gen).summary_text == \
+        direct["sum"](TEXTS[8], **gen)[0]["summary_text"]
+    assert at("mt").translation(TEXTS[8], generate_parameters=gen).translation_text == \
+        direct["mt"](TEXTS[8], **gen)[0]["translation_text"]
+
+    gpt, prompt = at("gpt"), "Python lists are"
+    expected = direct["gpt"](prompt, do_sample=False, max_new_tokens=8, return_full_text=False)[0]["generated_text"]
+    details = gpt.text_generation(prompt, max_new_tokens=8, details=True)
+    assert details.generated_text == expected and details.details.finish_reason in ("length", "eos_token")
+    streamed = list(gpt.text_generation(prompt, max_new_tokens=8, stream=True, details=True))
+    assert "".join(e.token.text for e in streamed) == expected and streamed[-1].generated_text == expected
+    assert streamed[-1].details.finish_reason == details.details.finish_reason
+
+    chat = [{"role": "user", "content": "Explain attention."}]
+    reply = direct["gpt"](chat, do_sample=False, max_new_tokens=8, return_full_text=False)[0]["generated_text"]
+    for client in (InferenceClient(server.url), gpt):  # base URL (model "dummy"), per-model URL
+        out = client.chat_completion(chat, max_tokens=8, temperature=0)
+        assert out.choices[0].message.content == reply and out.model == "gpt0"
+        chunks = list(client.chat_completion(chat, max_tokens=8, temperature=0, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply
+
+
+def test_openai_client_every_call(server, folders, direct):
+    """Embeddings from strings and from token ids (the model's own, used as given), chat with n,
+    stop and stream_options, completions, models.list — and errors whose message the client
+    shows. Also through base_url /models/NAME/v1, where the path names the model."""
+    from openai import BadRequestError, NotFoundError, OpenAI, UnprocessableEntityError
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0)
+    tokenizer = direct["emb"].tokenizer
+    texts = ["hello world", "a second, longer sentence"]
+    ids = [tokenizer.encode(t).ids for t in texts]  # [CLS] ... [SEP]: what the text embeds as
+    expected = direct["emb"].embed(texts).numpy()
+    many = client.embeddings.create(model=MINILM, input=ids, encoding_format="float")
+    np.testing.assert_allclose([d.embedding for d in many.data], expected, atol=1e-4)
+    assert many.usage.prompt_tokens == sum(len(i) for i in ids)
+    one = client.embeddings.create(model=MINILM, input=ids[0])  # a list of ints: one input
+    assert len(one.data) == 1 and np.allclose(one.data[0].embedding, expected[0], atol=1e-4)
+    hundred = client.embeddings.create(model=MINILM, input=[f"sentence {i}" for i in range(30)] * 1)
+    assert len(hundred.data) == 30
+    assert client.embeddings.create(model="text-embedding-3-small", input="x").model == MINILM  # the one embedder
+
+    gpt, chat = name(folders, "gpt"), [{"role": "user", "content": "Explain attention."}]
+    sampled = client.chat.completions.create(model=gpt, messages=chat, max_tokens=6, n=3, seed=3, temperature=1.0)
+    assert [c.index for c in sampled.choices] == [0, 1, 2]
+    assert len({c.message.content for c in sampled.choices}) > 1  # three samples
+    greedy = client.chat.completions.create(model=gpt, messages=chat, max_tokens=6, n=2, temperature=0)
+    assert greedy.choices[0].message.content == greedy.choices[1].message.content  # one answer, twice
+    plain = client.chat.completions.create(model=gpt, messages=chat, max_tokens=8, temperature=0)
+    chunks = list(client.chat.completions.create(model=gpt, messages=chat, max_tokens=8, temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == plain.usage.prompt_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+    assert "".join(c.choices[0].delta.content or "" for c in chunks[:-1]) == plain.choices[0].message.content
+    text = plain.choices[0].message.content
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    cut = client.chat.completions.create(model=gpt, messages=chat, max_tokens=8, temperature=0, stop=[stop])
+    assert cut.choices[0].message.content == text[:text.find(stop)] and cut.choices[0].finish_reason == "stop"
+    done = client.completions.create(model=gpt, prompt=["Python lists are", "A class"], max_tokens=4, temperature=0)
+    assert [c.index for c in done.choices] == [0, 1]
+    assert {m.id for m in client.models.list().data} >= {gpt, MINILM, "cls0"}
+
+    named = OpenAI(base_url=f"{server.url}/models/{gpt}/v1", api_key="-", max_retries=0)
+    assert named.chat.completions.create(model="whatever", messages=chat, max_tokens=8,
+                                         temperature=0).choices[0].message.content == text
+    assert [m.id for m in named.models.list().data] == [gpt]
+
+    with pytest.raises(BadRequestError, match="logprobs is not available yet"):
+        client.chat.completions.create(model=gpt, messages=chat, logprobs=True, top_logprobs=2)
+    with pytest.raises(UnprocessableEntityError, match=r"max_tokens=1000000: the prompt's \d+ tokens .*\(--max-total-tokens\)"):
+        client.chat.completions.create(model=gpt, messages=chat, max_tokens=10**6)
+    with pytest.raises(UnprocessableEntityError, match=r"n=9 is more than the 8 sequences"):
+        client.chat.completions.create(model=gpt, messages=chat, n=9)
+    with pytest.raises(NotFoundError, match="'gpt-4o' is not served here") as err:
+        client.completions.create(model="gpt-4o", prompt="hi")  # three generation models: no guessing
+    assert err.value.code == "model_not_found" and err.value.param == "model"
+
+
 def sse_events(text: str) -> list[dict]:
     return [json.loads(line[len("data: "):]) for line in text.splitlines()
             if line.startswith("data: ") and line != "data: [DONE]"]

@@ -108,18 +108,20 @@ def hide(folder, shown_as: str) -> None:
 
 def scrub(message: str) -> str:
     """`message` without the server's folders: served models' folders, the Hugging Face cache,
-    the home directory and the working directory."""
-    if not _hidden:
-        _default_hidden()
-    for folder in sorted(_hidden, key=len, reverse=True):  # the longest (most specific) first
+    the working directory and the home directory (the last three as they are now)."""
+    hidden = {**_places(), **_hidden}
+    for folder in sorted(hidden, key=len, reverse=True):  # the longest (most specific) first
         if folder in message:
-            message = re.sub(re.escape(folder) + r"[^\s'\"),;]*", _hidden[folder], message)
+            message = re.sub(re.escape(folder) + r"[^\s'\"),;]*", hidden[folder], message)
     return message
 
 
-def _default_hidden() -> None:
+def _places() -> dict[str, str]:
     from ..hub import cache_dir
 
-    for folder, shown in ((str(cache_dir()), "<hf-cache>"), (os.getcwd(), "<cwd>"), (os.path.expanduser("~"), "<home>")):
-        if folder and folder != "/":
-            hide(folder, shown)
+    places = {}
+    for folder, shown in ((os.path.expanduser("~"), "<home>"), (os.getcwd(), "<cwd>"), (str(cache_dir()), "<hf-cache>")):
+        folder = folder.rstrip("/\\")
+        if len(folder) > 1:
+            places[folder] = shown
+    return places

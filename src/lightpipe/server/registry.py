@@ -88,7 +88,7 @@ def default_name(model: str, local_folder: bool) -> str:
     """A Hub id is its own name; a folder is called by its last component (never by its path)."""
     if local_folder:
         return Path(model).expanduser().resolve().name or "model"
-    return model
+    return model  # a Hub id
 
 
 def load_pipeline(task: str | None, model: str, **kwargs):
@@ -127,6 +127,8 @@ class Served:
         if pipe is not None:
             out["model_type"] = (getattr(pipe, "config", None) or {}).get("model_type")
             out["device"] = str(getattr(pipe, "device", "cpu"))
+            out["dtype"] = _safe(lambda: str(next(p.dtype for p in pipe.model.parameters() if p.is_floating_point())))
+            out["quantized"] = _safe(lambda: any(type(m).__name__.startswith("Int8") for m in pipe.model.modules()))
             out["max_input_tokens"] = _safe(lambda: pipe.max_input_tokens)
             out.update(pipe.server_info())  # the task's own facts: labels, mask token
             out["streaming"] = has_token_stream(pipe)
@@ -176,20 +178,18 @@ class Registry:
         if isinstance(spec, str):
             spec = parse_model_spec(spec)
         local_folder = local and Path(spec.model).expanduser().is_dir()
-        if not local_folder and not is_hub_id(spec.model):
-            if local:
-                raise errors.validation(f"{spec.model!r} is neither a folder on the server nor a Hub id (org/name)",
-                                        param="model")
+        path = local_folder or not is_hub_id(spec.model)  # meant as a folder (maybe a missing one)
+        if path and not local:
             raise errors.validation("model must be a Hub model id (org/name); loading folders on the server needs "
                                     "--allow-load-local", param="model")
-        name = spec.name or default_name(spec.model, local_folder)
+        name = spec.name or default_name(spec.model, path)
         if not NAME.fullmatch(name):
             raise errors.validation(f"model name {name!r} must be letters, digits and . _ : / - (at most 128)",
                                     param="name")
-        if local_folder:  # its path, however it was spelled, is shown as its name
+        if path:  # its path, however it was spelled, is shown as its name
             errors.hide(Path(spec.model).expanduser(), name)
             errors.hide(Path(spec.model).expanduser().resolve(), name)
-        key = self.key(spec, local_folder)
+        key = self.key(spec, path)
         with self._lock:
             self._prune()
             same = next((e for e in self.entries.values() if e.key == key and e.status != "error"), None)
@@ -203,7 +203,7 @@ class Registry:
                 raise errors.ApiError(409, f"the server already holds {len(self.entries)} models, its maximum "
                                            "(--max-models)", "conflict")
             entry = self.entries[name] = Served(name, spec.model, spec.task, spec.revision, key, startup=startup)
-        run = lambda: self._load(entry, local_folder, local)  # noqa: E731
+        run = lambda: self._load(entry, local)  # noqa: E731
         if background:
             threading.Thread(target=run, name=f"lightpipe-load[{name}]", daemon=True).start()
         else:
@@ -211,7 +211,7 @@ class Registry:
         return entry
 
     @staticmethod
-    def key(spec: ModelSpec, local_folder: bool) -> tuple:
+    def key(spec: ModelSpec, path: bool) -> tuple:
         """One model for one task: a folder by its real path, a Hub id case-insensitively (as the
         Hub treats it) at its revision."""
         from ..tasks import normalize_task
@@ -220,11 +220,11 @@ class Registry:
         if spec.task is not None:
             known, extra = normalize_task(spec.task)
             task = (known.name, tuple(sorted(extra.items())))
-        if local_folder:
+        if path:
             return "folder", os.path.realpath(Path(spec.model).expanduser()), task
         return "hub", spec.model.lower(), spec.revision or "main", task
 
-    def _load(self, entry: Served, local_folder: bool, local: bool) -> None:
+    def _load(self, entry: Served, local: bool) -> None:
         try:
             kwargs = dict(self.pipeline_kwargs)
             if self.device is not None:
