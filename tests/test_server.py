@@ -123,9 +123,14 @@ def clients_online(monkeypatch):
     """huggingface_hub's InferenceClient refuses every request under HF_HUB_OFFLINE=1, even to
     127.0.0.1; the test server is local, so let it through."""
     from huggingface_hub import constants
+    from huggingface_hub.inference import _common
     from huggingface_hub.utils import reset_sessions
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # InferenceClient remembers, per process and per model (None for every URL), the TGI
+    # parameters a server refused once, and then treats it as no TGI server (no details, no
+    # stream): each test starts from a client that has seen no refusal
+    monkeypatch.setattr(_common, "_UNSUPPORTED_TEXT_GENERATION_KWARGS", {})
     reset_sessions()
     yield
     reset_sessions()
@@ -492,6 +497,39 @@ def test_tei_routes(server, direct):
     ranked = post(server, "/rerank", {"query": "a cat on a mat", "texts": ["stock prices", "a kitten on a rug"],
                                       "return_text": True}).json()
     assert [r["index"] for r in ranked] == [1, 0] and ranked[0]["text"] == "a kitten on a rug"
+
+
+def test_tei_tokenize_decode_and_embed_all(server, direct):
+    """TEI's shapes: /tokenize gives per input [{id, text, special, start, stop}] with byte offsets
+    into the input (text: the input's own bytes there; special tokens: their token, null offsets);
+    /decode takes {ids, skip_special_tokens} and gives one string per sequence; /embed_all gives
+    every token's hidden state, special tokens included."""
+    text = "Héllo wörld, café!"
+    tokenizer = direct["emb"].tokenizer
+    enc = tokenizer.encode(text)
+    got = post(server, "/tokenize", {"inputs": text}).json()
+    assert len(got) == 1 and [t["id"] for t in got[0]] == enc.ids
+    data = text.encode()
+    for token, special in zip(got[0], enc.special_tokens_mask):
+        assert token["special"] == bool(special)
+        if special:
+            assert token["start"] is None and token["stop"] is None and token["text"] in ("[CLS]", "[SEP]")
+        else:
+            assert data[token["start"]:token["stop"]].decode() == token["text"]
+    assert got[0][1] == {"id": enc.ids[1], "text": "Héllo", "special": False, "start": 0, "stop": 6}  # é: 2 bytes
+    bare = post(server, "/tokenize", {"inputs": ["a b", "c"], "add_special_tokens": False}).json()
+    assert [[t["text"] for t in seq] for seq in bare] == [["a", "b"], ["c"]]
+
+    assert post(server, "/decode", {"ids": enc.ids}).json() == [tokenizer.decode(enc.ids, skip_special_tokens=True)]
+    both = post(server, "/decode", {"ids": [enc.ids, enc.ids[:3]], "skip_special_tokens": False}).json()
+    assert both == [tokenizer.decode(enc.ids), tokenizer.decode(enc.ids[:3])]
+    assert post(server, "/decode", {"ids": [10**6]}).status_code == 422
+
+    per_token = post(server, "/embed_all", {"inputs": ["hello", "a longer sentence here"]}).json()
+    expected = direct["emb"](["hello", "a longer sentence here"])  # transformers' (1, T, D) per input
+    assert [np.array(p).shape for p in per_token] == [np.array(e[0]).shape for e in expected]
+    for p, e in zip(per_token, expected):
+        np.testing.assert_allclose(p, e[0], atol=1e-4)
 
 
 # -- errors and limits -----------------------------------------------------------------------
