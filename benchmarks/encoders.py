@@ -74,13 +74,14 @@ def embeddings(texts, batch_size):
           f"{t_st / t_default:.2f}x (default batching)")
 
 
-def distilbert_size(head: str, labels: list[str]) -> Path:
-    """A DistilBERT-base-shaped checkpoint with random weights (MiniLM's uncased vocabulary)."""
+def distilbert_size(head: str, labels: list[str], folder: Path | None = None) -> Path:
+    """A DistilBERT-base-shaped checkpoint with random weights (MiniLM's uncased vocabulary), in
+    `folder` (default: a new temporary one)."""
     import transformers
 
     from lightpipe.hub import resolve
 
-    folder = Path(tempfile.mkdtemp(prefix=f"lp-bench-{head}-"))
+    folder = Path(folder or tempfile.mkdtemp(prefix=f"lp-bench-{head}-"))
     # MiniLM's vocabulary is distilbert-base-uncased's; DistilBERT's tokenizer class gives no token types
     tokenizer = transformers.DistilBertTokenizerFast.from_pretrained(str(resolve("sentence-transformers/all-MiniLM-L6-v2")))
     config = transformers.DistilBertConfig(vocab_size=tokenizer.vocab_size, id2label=dict(enumerate(labels)),

@@ -22,10 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tiny import bpe_tokenizer, sentences  # noqa: E402
 
 
-def gpt2_small() -> Path:
+def gpt2_small(folder: Path | None = None) -> Path:
+    """A GPT-2-small-shaped checkpoint with random weights, in `folder` (default: a new temporary one)."""
     import transformers
 
-    folder = Path(tempfile.mkdtemp(prefix="lp-bench-gpt2-"))
+    folder = Path(folder or tempfile.mkdtemp(prefix="lp-bench-gpt2-"))
     tokenizer = bpe_tokenizer(folder, "gpt2", vocab_size=2000)
     config = transformers.GPT2Config(vocab_size=50257, bos_token_id=tokenizer.eos_token_id,
                                      eos_token_id=tokenizer.eos_token_id)  # 12 layers x 768: GPT-2 small

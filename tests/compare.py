@@ -21,3 +21,11 @@ def assert_same(ours, theirs, tol=1e-4):
         assert math.isclose(ours, theirs, abs_tol=tol), (ours, theirs)
     else:
         assert ours == theirs, (ours, theirs)
+
+
+def assert_found_entities(results):
+    """A token-classification comparison proves little when random weights label everything "O".
+    Most texts must have entities; not all, since an aggregation can average a text's scores back
+    to "O" on one CPU's float rounding and not another's (it did on CI for ELECTRA)."""
+    found = sum(1 for entities in results if entities)
+    assert 2 * found >= len(results), f"only {found} of {len(results)} texts have entities: the test proves little"

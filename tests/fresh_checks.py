@@ -74,6 +74,15 @@ class Checks:
         labels = ["programming", "cooking", "politics"]
         return [pipe(TEXTS[0], candidate_labels=labels), pipe(TEXTS[1:], candidate_labels=labels, multi_label=True)]
 
+    def check_zero_shot_classification__deberta_v3(self):
+        """A DeBERTa-v3 NLI model (the most-used zero-shot family) whose tokenizer is spm.model alone."""
+        return self.pipe("zero-shot-classification", "deberta")(TEXTS[:2], candidate_labels=["programming", "cooking"])
+
+    def check_fill_mask__albert(self):
+        """ALBERT with its spiece.model converted (no tokenizer.json)."""
+        return self.pipe("fill-mask", "albert")(["Python lists are [MASK] sequences.", "A [MASK] creates a namespace."],
+                                                top_k=3)
+
     def check_zero_shot_classification__embedding(self):
         return self.pipe("zero-shot-classification", MINILM)(TEXTS[0], candidate_labels=["programming", "cooking"])
 

@@ -5,6 +5,7 @@ list_models) and therefore for transformers' from_pretrained too.
     hub = HubServer().start()
     sha = hub.add("org/tiny", {"config.json": '{"model_type": "bert"}'}, pipeline_tag="fill-mask")
     hub.add("org/tiny", {...}, ref="v1")      # another commit, reachable as "v1" or by its sha
+    hub.add("org/gated", {...}, gated="manual", tags=["en"], downloads=10)  # listing metadata
     ... HfApi(endpoint=hub.endpoint) ...
     hub.requests                               # [(method, path), ...]: assert no network was used
     hub.stop()
@@ -21,7 +22,10 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import get_args
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from huggingface_hub.hf_api import ExpandModelProperty_T
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".model", ".spm", ".pt", ".h5", ".msgpack")
 
@@ -35,11 +39,31 @@ def is_lfs(path: str, data: bytes) -> bool:
     return path.endswith(LFS_SUFFIXES) or len(data) > 10_000_000
 
 
+# what `expand` may ask for on a model listing: huggingface_hub's own list of the Hub's properties
+EXPAND_PROPERTIES = set(get_args(ExpandModelProperty_T))
+# the part of config.json that the Hub's API hands out as `config`
+HUB_CONFIG_KEYS = ("architectures", "model_type", "auto_map", "quantization_config")
+
+
+class BadRequest(ValueError):
+    """A query the real Hub answers with 400."""
+
+
+def hub_config(files: dict[str, bytes]) -> dict:
+    """The Hub's `config` property for a commit: the identifying keys of its config.json (`{}`
+    when there is none or it doesn't parse, as the Hub then has nothing to show)."""
+    try:
+        config = json.loads(files["config.json"])
+    except (KeyError, ValueError):
+        return {}
+    return {k: config[k] for k in HUB_CONFIG_KEYS if isinstance(config, dict) and k in config}
+
+
 @dataclass
 class Repo:
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)  # sha → {path: bytes}
     refs: dict[str, str] = field(default_factory=dict)  # branch/tag → sha
-    meta: dict = field(default_factory=dict)  # pipeline_tag, tags, downloads, likes, library_name
+    meta: dict = field(default_factory=dict)  # pipeline_tag, tags, downloads, likes, library_name, gated
 
     def sha_for(self, rev: str) -> str | None:
         if rev in self.refs:
@@ -115,6 +139,9 @@ class HubServer:
         out = {"_id": hashlib.md5(repo_id.encode()).hexdigest()[:24], "id": repo_id, "modelId": repo_id,
                "private": False, "gated": False, "disabled": False, "library_name": "transformers",
                "downloads": 0, "likes": 0, "tags": [], "pipeline_tag": None, **repo.meta}
+        main = repo.commits.get(repo.refs.get("main"), {})
+        if "auto_map" in hub_config(main) and "custom_code" not in out["tags"]:
+            out["tags"] = [*out["tags"], "custom_code"]  # the Hub tags a repo whose config maps to its own code
         if sha is not None:
             out["sha"] = sha
             out["siblings"] = [{"rfilename": p} for p in sorted(repo.commits[sha])]
@@ -139,9 +166,21 @@ class HubServer:
                 for d in sorted(folders)]
         return dirs + entries
 
+    def listed_json(self, repo_id: str, repo: Repo) -> dict:
+        """A model with every property a listing can show: with `expand`, the Hub adds the main
+        branch's file list (`siblings`) and its `config` (a digest of config.json)."""
+        files = repo.commits.get(repo.refs.get("main"), {})
+        return {**self.model_json(repo_id, repo), "siblings": [{"rfilename": p} for p in sorted(files)],
+                "config": hub_config(files)}
+
     def search(self, query: dict[str, list[str]]) -> list[dict]:
-        models = [self.model_json(rid, repo) for rid, repo in self.repos.items()]
-        for value in query.get("filter", []):  # tags, including languages
+        # huggingface_hub sends `expand=a&expand=b`; a browser's query string `expand[]=a`
+        expand = query.get("expand", []) + query.get("expand[]", [])
+        unknown = sorted(set(expand) - EXPAND_PROPERTIES)
+        if unknown:  # the real Hub refuses an expand value it doesn't know
+            raise BadRequest(f"invalid expand value(s) {unknown}")
+        models = [self.listed_json(rid, repo) for rid, repo in self.repos.items()]
+        for value in query.get("filter", []):  # tags, including languages; several: all of them
             models = [m for m in models if value in m["tags"] or value in (m["pipeline_tag"], m["library_name"])]
         for value in query.get("pipeline_tag", []):
             models = [m for m in models if m["pipeline_tag"] == value]
@@ -154,7 +193,9 @@ class HubServer:
             models.sort(key=lambda m: m.get(key) or 0, reverse=query.get("direction", ["-1"])[0] != "1")
         if "limit" in query:
             models = models[: int(query["limit"][0])]
-        return models
+        if expand:  # the id and just the properties asked for
+            return [{"_id": m["_id"], "id": m["id"], **{k: m[k] for k in expand if k in m}} for m in models]
+        return [{k: v for k, v in m.items() if k not in ("siblings", "config")} for m in models]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -179,7 +220,10 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         path = url.path
         if path == "/api/models":
-            return self._json(hub.search(query), body)
+            try:
+                return self._json(hub.search(query), body)
+            except BadRequest as e:
+                return self._error(400, None, str(e), body)
         if path.startswith("/api/models/"):
             return self._api_model(path[len("/api/models/"):], query, body)
         if "/resolve/" in path:

@@ -15,7 +15,8 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from lightpipe.loading import family_module, load_model
+from lightpipe import loading
+from lightpipe.loading import load_model
 
 pytestmark = pytest.mark.parity
 
@@ -140,9 +141,8 @@ def test_model_built_by_hand_matches_loaded(checkpoint, family):
     """load_model fuses query/key/value into one matmul; a model built directly runs unfused."""
     folder, ref = checkpoint(family, "masked-lm")
     loaded, config = load_model(folder)
-    module = family_module(config)
-    heads = module.heads(config) if hasattr(module, "heads") else module.HEADS
-    by_hand = heads["masked-lm"](module.Config.from_dict(config)).eval()
+    fam = loading.family(config)
+    by_hand = fam.heads["masked-lm"](fam.config.from_dict(config)).eval()
     by_hand.load_state_dict(loaded.state_dict())
     inputs = batch(family)
     torch.testing.assert_close(run(by_hand, inputs), run(loaded, inputs), atol=1e-5, rtol=1e-5)

@@ -27,6 +27,7 @@ from compare import assert_same
 from fresh import Fresh, assert_clean, free_port, lightpipe_command
 from fresh_checks import CHAT, GREEDY, MINILM, NAMES, TEXTS, Checks
 from tiny import bart_checkpoint, bpe_tokenizer, encoder_checkpoint, marian_checkpoint, save_checkpoint, t5_checkpoint
+from tiny import spm_encoder_checkpoint
 from tiny import write_generation_config
 
 pytestmark = pytest.mark.fresh
@@ -120,6 +121,9 @@ def folders(tmp_path_factory) -> dict[str, str]:
             "mlm": encoder_checkpoint(mk("mlm"), "roberta", "masked-lm"),
             "nli": encoder_checkpoint(mk("nli"), "bert", "sequence-classification",
                                       **labels(["contradiction", "neutral", "entailment"])),
+            "deberta": spm_encoder_checkpoint(mk("deberta"), "deberta-v2", "sequence-classification", form="bare",
+                                              **labels(["entailment", "neutral", "contradiction"])),
+            "albert": spm_encoder_checkpoint(mk("albert"), "albert", "masked-lm", form="slow"),
             "chat": chat_decoder_checkpoint(mk("chat")),
             "bart": bart_checkpoint(mk("bart")),
             "t5": t5_checkpoint(mk("t5")),

@@ -246,21 +246,6 @@ def test_endpoint_from_argument_and_env(hub_server, monkeypatch):
         other.stop()
 
 
-def test_list_models_filters(hub_server):
-    hub_server.add("org/bert-sst2", {}, pipeline_tag="text-classification", tags=["en"], downloads=50, likes=3)
-    hub_server.add("org/camembert-sentiment", {}, pipeline_tag="text-classification", tags=["fr"], downloads=90)
-    hub_server.add("org/bert-ner", {}, pipeline_tag="token-classification", tags=["en"], downloads=70)
-    hub_server.add("org/gpt", {}, pipeline_tag="text-generation", tags=["en"], downloads=99)
-
-    ids = lambda **kw: [m["id"] for m in hub.list_models(**kw)]  # noqa: E731
-    assert ids(task="text-classification") == ["org/camembert-sentiment", "org/bert-sst2"]
-    assert ids(task="text-classification", language="en") == ["org/bert-sst2"]
-    assert ids(search="bert") == ["org/camembert-sentiment", "org/bert-ner", "org/bert-sst2"]
-    assert ids(limit=2) == ["org/gpt", "org/camembert-sentiment"]
-    assert hub.list_models(search="sst2") == [
-        {"id": "org/bert-sst2", "downloads": 50, "likes": 3, "pipeline_tag": "text-classification"}]
-
-
 def test_shares_the_cache_with_transformers(hub_server):
     from transformers import AutoConfig
     from transformers.utils.hub import cached_file  # what from_pretrained fetches weights with

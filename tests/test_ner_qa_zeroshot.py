@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from compare import assert_same
+from compare import assert_found_entities, assert_same
 from lightpipe import pipeline
 from tiny import bpe_tokenizer, encoder_checkpoint, save_checkpoint, sentences
 
@@ -64,7 +64,7 @@ def test_ner_strategies_match_transformers(ner, strategy):
     ours, theirs, _ = ner
     got = ours(NER_TEXTS, aggregation_strategy=strategy, truncation=True)  # LONG: transformers truncates silently
     assert_same(got, plain(theirs(NER_TEXTS, aggregation_strategy=strategy)))
-    assert all(got), "every text should have entities, or the test proves little"
+    assert_found_entities(got)
     key = "entity" if strategy == "none" else "entity_group"
     assert all(key in e and isinstance(e["score"], float) for e in got[0])
     if strategy in ("none", "first"):  # one string in, one list of entities out

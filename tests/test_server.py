@@ -721,28 +721,6 @@ def test_load_route_is_refused_without_allow_load(server):
     assert r.status_code == 403 and r.json()["error_type"] == "forbidden"
 
 
-# -- model search ------------------------------------------------------------------------------
-
-def test_model_search_through_the_hub(server, hub_server, capsys, monkeypatch):
-    hub_server.add("org/en-fr", {"config.json": "{}"}, pipeline_tag="translation", tags=["translation", "en", "fr"], downloads=50)
-    hub_server.add("org/en-fr-big", {"config.json": "{}"}, pipeline_tag="translation", tags=["translation", "fr"], downloads=900)
-    hub_server.add("org/en-de", {"config.json": "{}"}, pipeline_tag="translation", tags=["translation", "de"], downloads=5000)
-    hub_server.add("org/fr-sentiment", {"config.json": "{}"}, pipeline_tag="text-classification", tags=["fr"], downloads=10)
-    found = httpx.get(server.url + "/api/models", params={"task": "translation", "language": "fr"}).json()
-    assert [m["id"] for m in found] == ["org/en-fr-big", "org/en-fr"]
-    assert found[0] == {"id": "org/en-fr-big", "downloads": 900, "likes": 0, "pipeline_tag": "translation"}
-
-    from lightpipe.cli import main
-
-    assert main(["models", "--task", "translation", "--language", "fr"]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [m["id"] for m in lines] == ["org/en-fr-big", "org/en-fr"]
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    r = httpx.get(server.url + "/api/models", params={"task": "translation"})
-    assert r.status_code == 503 and "offline" in r.json()["error"]
-
-
 def test_base64_encoding_is_little_endian_float32(server):
     r = post(server, "/v1/embeddings", {"model": MINILM, "input": "hello", "encoding_format": "base64"}).json()
     vec = np.frombuffer(base64.b64decode(r["data"][0]["embedding"]), dtype="<f4")

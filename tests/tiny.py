@@ -33,16 +33,16 @@ def sentences(n: int, start: int = 0) -> list[str]:
 
 def wordpiece_tokenizer(folder: Path, vocab_size: int = 400, lowercase: bool = True, kind: str = "bert"):
     """BERT-style WordPiece: vocab.txt + tokenizer.json + tokenizer_config.json
-    (`kind="distilbert"`: DistilBERT's, which gives no token_type_ids)."""
+    (`kind="distilbert"`: DistilBERT's, which gives no token_type_ids; `kind="electra"`: ELECTRA's)."""
     from tokenizers.implementations import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast, DistilBertTokenizerFast
+    from transformers import BertTokenizerFast, DistilBertTokenizerFast, ElectraTokenizerFast
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     trainer = BertWordPieceTokenizer(lowercase=lowercase)
     trainer.train_from_iterator(corpus(), vocab_size=vocab_size, min_frequency=1)
     trainer.save_model(str(folder))
-    cls = DistilBertTokenizerFast if kind == "distilbert" else BertTokenizerFast
+    cls = {"distilbert": DistilBertTokenizerFast, "electra": ElectraTokenizerFast}.get(kind, BertTokenizerFast)
     tok = cls(str(folder / "vocab.txt"), do_lower_case=lowercase, model_max_length=128)
     tok.save_pretrained(folder)
     return tok
@@ -61,6 +61,55 @@ def bpe_tokenizer(folder: Path, kind: str = "roberta", vocab_size: int = 500):
     trainer.save_model(str(folder))
     cls = RobertaTokenizerFast if kind == "roberta" else GPT2TokenizerFast
     tok = cls(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=128)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def mpnet_tokenizer(folder: Path, vocab_size: int = 400, lowercase: bool = True):
+    """MPNet-style, as microsoft/mpnet-base and all-mpnet-base-v2 ship it: a BERT WordPiece
+    vocabulary with <s> <pad> </s> <unk> in front (pad id 1) and <mask> last, through
+    MPNetTokenizerFast (tokenizer.json: <s> A </s> and <s> A </s></s> B </s>; unk [UNK]; <mask>
+    strips the space before it)."""
+    from tokenizers.implementations import BertWordPieceTokenizer
+    from transformers import MPNetTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    trainer = BertWordPieceTokenizer(lowercase=lowercase)
+    trainer.train_from_iterator(corpus(), vocab_size=vocab_size, min_frequency=1)
+    pieces = sorted(trainer.get_vocab().items(), key=lambda item: item[1])
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", *(t for t, _ in pieces), "<mask>"]
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    tok = MPNetTokenizerFast(str(folder / "vocab.txt"), do_lower_case=lowercase, model_max_length=128)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def modernbert_tokenizer(folder: Path, vocab_size: int = 500):
+    """ModernBERT-style, as answerdotai/ModernBERT-base ships it: a byte-level BPE tokenizer.json
+    (NFC, ByteLevel pre-tokenizer and decoder) whose specials [UNK] [CLS] [SEP] [PAD] [MASK] come
+    after the vocabulary, [MASK] stripping the space before it, a TemplateProcessing
+    post-processor ([CLS] A [SEP], [CLS] A [SEP] B [SEP]), saved through PreTrainedTokenizerFast
+    with no token_type_ids."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    backend = Tokenizer(models.BPE())
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(corpus(), trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    backend.add_special_tokens([AddedToken(t, lstrip=t == "[MASK]", normalized=False)
+                                for t in ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")])
+    cls, sep = ("[CLS]", backend.token_to_id("[CLS]")), ("[SEP]", backend.token_to_id("[SEP]"))
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1", special_tokens=[cls, sep])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                                  pad_token="[PAD]", mask_token="[MASK]", clean_up_tokenization_spaces=True,
+                                  model_input_names=["input_ids", "attention_mask"], model_max_length=128)
     tok.save_pretrained(folder)
     return tok
 
@@ -86,12 +135,31 @@ ENCODER_HEADS = {
 }
 
 
+# the shapes of the issue-14 encoders: MPNet's positions start after pad id 1 as RoBERTa's; ELECTRA's
+# embeddings narrower than its layers (embeddings_project); ModernBERT's 8-token window (4 each side)
+# shorter than the test inputs, so local and global layers differ
+SMALL_ENCODERS = {
+    "mpnet": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  max_position_embeddings=130),
+    "electra": dict(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=64, max_position_embeddings=128),
+    "modernbert": dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
+                       max_position_embeddings=128, local_attention=8, global_attn_every_n_layers=3),
+}
+
+
 def encoder_config(model_type: str, tokenizer, **overrides):
-    """A tiny config (2 layers, width 32) for bert / roberta / xlm-roberta / distilbert."""
+    """A tiny config (2 layers, width 32; ModernBERT 3: one global, two local) for bert /
+    roberta / xlm-roberta / distilbert / mpnet / electra / modernbert."""
     from transformers import AutoConfig
 
     vocab = len(tokenizer)
-    if model_type == "distilbert":
+    if model_type in SMALL_ENCODERS:
+        kw = SMALL_ENCODERS[model_type] | dict(vocab_size=vocab, pad_token_id=tokenizer.pad_token_id)
+        if model_type == "modernbert":
+            kw.update(cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+                      bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+    elif model_type == "distilbert":
         kw = dict(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=128,
                   pad_token_id=tokenizer.pad_token_id)
     else:
@@ -106,13 +174,18 @@ def encoder_config(model_type: str, tokenizer, **overrides):
 
 def encoder_checkpoint(folder: Path, model_type: str = "bert", head: str = "sequence-classification",
                        seed: int = 0, **overrides) -> Path:
-    """A tiny random encoder checkpoint with its tokenizer (WordPiece for bert/distilbert,
-    byte-level BPE for roberta-style), saved as transformers saves it."""
+    """A tiny random encoder checkpoint with its tokenizer (WordPiece for bert / distilbert /
+    electra, MPNet's WordPiece for mpnet, byte-level BPE for roberta-style and modernbert), saved
+    as transformers saves it."""
     import transformers
 
     folder = Path(folder)
     if model_type in ("roberta", "xlm-roberta", "camembert"):
         tokenizer = bpe_tokenizer(folder, "roberta")
+    elif model_type == "mpnet":
+        tokenizer = mpnet_tokenizer(folder, lowercase=overrides.pop("lowercase", True))
+    elif model_type == "modernbert":
+        tokenizer = modernbert_tokenizer(folder)
     else:
         tokenizer = wordpiece_tokenizer(folder, lowercase=overrides.pop("lowercase", True), kind=model_type)
     config = encoder_config(model_type, tokenizer, **overrides)
@@ -475,3 +548,94 @@ def causal_lm_checkpoint(folder: Path, model_type: str, tokenizer, seed: int = 0
         with torch.no_grad():
             model.lm_head.weight.mul_(sharpen)
     return save_checkpoint(folder, model.eval(), tokenizer)
+
+
+# -- sentencepiece encoders: DeBERTa-v2/v3 and ALBERT ----------------------------------------------
+
+# The files a real repo ships, as `form`:
+#   "saved"      what save_pretrained writes: tokenizer.json, the sentencepiece model, tokenizer_config.json,
+#                special_tokens_map.json (MoritzLaurer/DeBERTa-v3-*-mnli*, ALBERT fine-tunes)
+#   "slow"       the same without tokenizer.json: lightpipe converts the sentencepiece model
+#   "bare"       the sentencepiece model alone, with microsoft/deberta-v3-base's two-key tokenizer_config
+#                for DeBERTa: the class defaults give every special token
+#   "json-only"  tokenizer.json + the sentencepiece model, no tokenizer_config (albert-base-v2)
+SPM_FORMS = ("saved", "slow", "bare", "json-only")
+# "1, 2, 3," lines give the vocabulary digit-comma pieces, which ALBERT's converter demotes by 100
+NUMBER_LINES = ("Counted 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 20, 30, 40 and 50, then 3,5 and 7,25.",) * 40
+
+
+def _spm_form(folder: Path, tok, form: str, model_file: str, bare_config: dict | None = None) -> None:
+    import json
+
+    if form not in SPM_FORMS:
+        raise ValueError(f"form must be one of {SPM_FORMS}, got {form!r}")
+    tok.save_pretrained(folder)
+    drop = {"saved": [], "slow": ["tokenizer.json"], "json-only": ["tokenizer_config.json", "special_tokens_map.json",
+                                                                   "added_tokens.json"],
+            "bare": ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"]}[form]
+    for name in drop:
+        (folder / name).unlink(missing_ok=True)
+    if form == "bare" and bare_config is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps(bare_config))
+    assert (folder / model_file).is_file()
+
+
+def deberta_tokenizer(folder: Path, form: str = "saved", vocab_size: int = 400, **options):
+    """DeBERTa-v3 style: a unigram spm.model with [PAD] 0, [CLS] 1, [SEP] 2, [UNK] 3 ([MASK] comes
+    after the pieces), saved through DebertaV2TokenizerFast (model_max_length 128 unless "bare")."""
+    from transformers import DebertaV2TokenizerFast
+
+    folder = Path(folder)
+    spm = spm_model(folder / "spm.model", corpus()[:1500], vocab_size, pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+                    pad_piece="[PAD]", bos_piece="[CLS]", eos_piece="[SEP]", unk_piece="[UNK]")
+    tok = DebertaV2TokenizerFast(str(spm), model_max_length=128, **options)
+    _spm_form(folder, tok, form, "spm.model", {"do_lower_case": False, "vocab_type": "spm"})
+    return tok
+
+
+def albert_tokenizer(folder: Path, form: str = "saved", vocab_size: int = 400, **options):
+    """ALBERT style: spiece.model trained with ALBERT's own spm_train options (<pad> 0, <unk> 1,
+    [CLS] [SEP] [MASK] control symbols, punctuation user symbols), saved through AlbertTokenizerFast
+    (lowercasing, accents stripped, model_max_length 128 unless "bare")."""
+    from transformers import AlbertTokenizerFast
+
+    folder = Path(folder)
+    spm = spm_model(folder / "spiece.model", list(corpus()[:1500]) + list(NUMBER_LINES), vocab_size, pad_id=0,
+                    unk_id=1, bos_id=-1, eos_id=-1, control_symbols=["[CLS]", "[SEP]", "[MASK]"],
+                    user_defined_symbols=["(", ")", '"', "-", ".", "–", "£", "€"])
+    tok = AlbertTokenizerFast(str(spm), model_max_length=128, **options)
+    _spm_form(folder, tok, form, "spiece.model")
+    return tok
+
+
+SPM_ENCODERS = {
+    # DeBERTa-v3's shape: relative attention only, shared position keys, log buckets past 8 (real: 128)
+    "deberta-v2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                       max_position_embeddings=128, relative_attention=True, position_buckets=16,
+                       max_relative_positions=64, pos_att_type="p2c|c2p", share_att_key=True,
+                       norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0,
+                       layer_norm_eps=1e-7),
+    # albert-base-v2's shape: one shared layer run num_hidden_layers times, narrow embeddings
+    "albert": dict(embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                   intermediate_size=64, max_position_embeddings=128),
+}
+
+
+def spm_encoder_checkpoint(folder: Path, model_type: str, head: str = "sequence-classification", seed: int = 0,
+                           form: str = "saved", **overrides) -> Path:
+    """A tiny random deberta-v2 or albert checkpoint with its sentencepiece tokenizer in `form`."""
+    import transformers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = (deberta_tokenizer if model_type == "deberta-v2" else albert_tokenizer)(folder, form)
+    kw = SPM_ENCODERS[model_type] | dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    config = transformers.AutoConfig.for_model(model_type, **(kw | overrides))
+    torch.manual_seed(seed)
+    model = getattr(transformers, ENCODER_HEADS[head]).from_config(config)
+    with torch.no_grad():  # outputs decisive, as encoder_checkpoint's
+        for name, p in model.named_parameters():
+            if "classifier" in name or "qa_outputs" in name:
+                p.normal_(0, 0.5)
+    model.eval().save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -112,10 +112,36 @@ def cmd_tasks(args) -> None:
 
 
 def cmd_models(args) -> None:
-    from .hub import list_models
+    from .hub_search import scan, scan_size, select
 
-    for m in list_models(task=args.task, language=args.language, search=args.search, limit=args.limit):
-        print(json.dumps(m))
+    found = scan(args.task, args.language, args.search, scan_size(args.limit, args.all))
+    shown = select(found, args.limit, args.all)
+    if args.json:
+        for m in shown:
+            print(json.dumps(m))
+    elif shown:
+        print(models_table(shown))
+    # what was looked at but left out, on stderr so stdout stays the list
+    looked_at = found if args.all or len(shown) < args.limit else found[: found.index(shown[-1]) + 1]
+    hidden = 0 if args.all else sum(not m["loads"] for m in looked_at)
+    if hidden:
+        print(f"lightpipe: left out {hidden} of the {len(looked_at)} most downloaded matches: lightpipe can't load "
+              "them (`--all` lists them, saying why)", file=sys.stderr)
+    elif not shown:
+        print("lightpipe: no Hub model matches", file=sys.stderr)
+
+
+def models_table(models: list[dict]) -> str:
+    """`lightpipe models`' table: one model a line, columns aligned, the verdict last."""
+    rows = [("id", "downloads", "likes", "task", "type", "loads?")]
+    for m in models:
+        verdict = (f"yes ({m['reason']})" if m["reason"] else "yes") if m["loads"] else f"no: {m['reason']}"
+        rows.append((m["id"], f"{m['downloads'] or 0:,}", f"{m['likes'] or 0:,}", m["pipeline_tag"] or "-",
+                     m["model_type"] or "-", verdict))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    right = {1, 2}  # numbers
+    return "\n".join("  ".join([*(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in
+                                  enumerate(zip(row, widths))), row[-1]]) for row in rows)
 
 
 def cmd_serve(args) -> None:
@@ -241,11 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="list tasks and their default models")
     tasks.set_defaults(func=cmd_tasks)
 
-    models = sub.add_parser("models", help="search Hub models by task and language")
-    models.add_argument("--task")
-    models.add_argument("--language")
-    models.add_argument("--search")
-    models.add_argument("--limit", type=int, default=20)
+    models = sub.add_parser("models", help="search Hub models that lightpipe loads, by task and language")
+    models.add_argument("--task", help="a task or alias (sentiment-analysis, ner, translation_en_to_fr, ...)")
+    models.add_argument("--language", help="a language tag, e.g. fr")
+    models.add_argument("--search", help="text the model id contains")
+    models.add_argument("--limit", type=int, default=20, help="models to list (default: 20)")
+    models.add_argument("--all", action="store_true",
+                        help="include models lightpipe can't load, saying why (loadable ones first)")
+    models.add_argument("--json", action="store_true", help="one JSON object per line instead of the table")
     models.set_defaults(func=cmd_models)
 
     serve = sub.add_parser("serve", help="HTTP server (HF Inference API, OpenAI, TEI routes) and browser playground")

@@ -8,32 +8,10 @@ the forward, the enabled processors and one cheap "anyone still running?" check.
 
 Model protocol
 --------------
-Decoder-only (gpt2, llama, ...):
-    model.is_encoder_decoder = False
-    model.config.max_position_embeddings   (int; caps the default 20-new-token length)
-    model.max_positions                    int | None: hard context limit (learned positions), None if none
-    cache = model.new_cache(batch, max_len, dtype=None, device=None) -> KVCache
-    logits = model(input_ids (B, T), attention_mask=None | (B, S_total) 1/0 over every key position
-                   including the cached ones, position_ids=None | (B, T), cache=None | KVCache,
-                   logits_to_keep=0) -> (B, T', V) float
-        The model writes its T new keys/values at cache.length and calls cache.advance(T) itself.
-        logits_to_keep=n > 0 returns only the last n positions' logits (prefill needs 1).
-        With attention_mask and no position_ids, positions count the mask's ones (left padding).
-
-Encoder-decoder (bart, t5, marian):
-    model.is_encoder_decoder = True
-    model.config.max_position_embeddings   (optional, as above)
-    enc = model.encode(input_ids (B, S), attention_mask (B, S)) -> (B, S, D) hidden states
-    cache = model.new_cache(batch, max_len, dtype=None, device=None) -> KVCache
-        (self-attention part sized for max_len decoder positions)
-    logits = model.decode(decoder_input_ids (B, T), encoder_hidden=enc, encoder_mask=attention_mask,
-                          cache=cache) -> (B, T, V)
-        On its first call (cache.cross empty) it computes every layer's cross-attention k/v from
-        `encoder_hidden` and stores them in cache.cross[layer] as (B, H, S, D) tensors; later calls
-        reuse them (and may ignore `encoder_hidden`, but must use `encoder_mask`). Like the
-        decoder-only forward, it writes self-attention k/v at cache.length and calls
-        cache.advance(T). The engine calls it with T=1 each step, starting from
-        decoder_start_token_id.
+A causal-LM or seq2seq-LM head of a lightpipe family (`lightpipe.models.base.Model`, whose
+docstring specifies it): `is_encoder_decoder` picks `forward` with a KV cache from
+`new_cache(...)` (decoder-only) or `encode(...)` then `decode(...)` steps (encoder-decoder);
+`context_length` caps the default length and `max_positions` is a hard limit.
 
 Beams and num_return_sequences: the prompt is prefilled (or the first decoder step run) once
 per prompt, then the cache's rows are repeated (`cache.reorder(index)`, which covers the
@@ -56,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .generation_config import DEFAULT_MAX_LENGTH, GenerationConfig
+from .models.base import Model
 from .models.common import KVCache
 
 def _ids(value) -> list[int] | None:
@@ -340,7 +319,10 @@ def generate(
         raise ValueError("`stop` strings need `decode` (token ids -> text) to be passed to generate()")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
         raise ValueError(f"`input_ids` must be a 2-D tensor of token ids (batch, length), got {input_ids!r:.80}")
-    if input_ids.shape[1] == 0 and not getattr(model, "is_encoder_decoder", False):
+    if not isinstance(model, Model):
+        raise TypeError(f"`model` must be a lightpipe model (lightpipe.models.base.Model), "
+                        f"got {type(model).__name__}")
+    if input_ids.shape[1] == 0 and not model.is_encoder_decoder:
         raise ValueError("`input_ids` is empty: a decoder-only model needs at least one prompt token")
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
         raise ValueError(
@@ -351,7 +333,7 @@ def generate(
     input_ids = input_ids.long().to(device)
     if attention_mask is not None:
         attention_mask = attention_mask.to(device)
-    is_enc_dec = bool(getattr(model, "is_encoder_decoder", False))
+    is_enc_dec = model.is_encoder_decoder
 
     eos = _ids(cfg.eos_token_id)
     pad = cfg.pad_token_id
@@ -374,7 +356,7 @@ def generate(
     P = prompt.shape[1]
 
     # lengths, as transformers' _prepare_generated_length
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    context = model.context_length
     if cfg.max_new_tokens is not None:
         max_length = P + cfg.max_new_tokens
     elif cfg.max_length is None or (cfg.max_length == DEFAULT_MAX_LENGTH and not cfg.max_length_from_caller):
@@ -383,7 +365,7 @@ def generate(
             max_length = min(max_length, context)
     else:
         max_length = cfg.max_length
-    hard = getattr(model, "max_positions", None)  # learned position tables can't go further
+    hard = model.max_positions  # learned position tables can't go further
     if hard is not None:
         if P >= hard:
             raise ValueError(

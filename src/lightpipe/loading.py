@@ -1,16 +1,11 @@
 """config.json → model class → weights from safetensors.
 
-A model family lives in `models/<family>.py` and exports:
-  HEADS      {"base" | "sequence-classification" | "token-classification" |
-              "question-answering" | "masked-lm" | "causal-lm" | "seq2seq-lm": nn.Module class}
-             each class takes the config dict's dataclass (`Config.from_dict`) and has a
-             `base_model_prefix` (the Hub's: "bert", "transformer", "model", ...; "" if none)
-  Config     dataclass with `from_dict(dict)` keeping only the keys it declares
-  sanitize   optional `sanitize(state: dict) -> dict`: renames, transposes, dropped buffers
-  heads      optional `heads(config: dict) -> dict`, used instead of HEADS when classes depend on
-             model_type; a class may list `ignore_unexpected` substrings of checkpoint keys it skips
-  and, on a model class, optional `post_load()` (rebuild non-persistent buffers on the final
-  device) and `tie_weights()`.
+A model family lives in `models/<family>.py` and registers itself with a `Family` record in
+the module's `FAMILIES` (models/base.py: the Hub model_types it builds, its Config, its head
+classes, its `sanitize`); `FAMILIES` below maps each model_type to that module, imported only
+when a checkpoint needs it. The hooks a head class may define (`base_model_prefix`,
+`ignore_unexpected`, `tied_weights`, `tie_weights()`, `post_load()`) are documented, with their
+defaults, on `models.base.Model`.
 
 The model is built on the meta device (no memory, no random init), the checkpoint is
 loaded memory-mapped and assigned in place, and only parameters that a checkpoint
@@ -27,16 +22,22 @@ from pathlib import Path
 import torch
 
 from . import repo_files
+from .models.base import Family, Model
 
 log = logging.getLogger(__name__)
 
-# Hub model_type → module in lightpipe.models
+# Hub model_type → the module in lightpipe.models whose FAMILIES record builds it
 FAMILIES = {
     "bert": "bert",
     "roberta": "bert",
     "xlm-roberta": "bert",
     "camembert": "bert",
     "distilbert": "distilbert",
+    "mpnet": "mpnet",
+    "electra": "electra",
+    "modernbert": "modernbert",
+    "deberta-v2": "deberta_v2",
+    "albert": "albert",
     "gpt2": "gpt2",
     "llama": "llama",
     "mistral": "llama",
@@ -77,13 +78,24 @@ def read_config(folder: Path) -> dict:
     return config
 
 
-def family_module(config: dict):
+def family(config: dict) -> Family:
+    """The registered Family record for `config`'s model_type."""
     model_type = config.get("model_type")
     if model_type not in FAMILIES:
         raise ValueError(
             f"model_type {model_type!r} is not supported by lightpipe; supported: {sorted(FAMILIES)}"
         )
-    return importlib.import_module(f"lightpipe.models.{FAMILIES[model_type]}")
+    name = f"lightpipe.models.{FAMILIES[model_type]}"
+    module = importlib.import_module(name)
+    try:
+        records = module.FAMILIES
+    except AttributeError:
+        records = ()
+    for record in records:
+        if isinstance(record, Family) and model_type in record.model_types:
+            return record
+    raise TypeError(f"{name} is registered for model_type {model_type!r} but has no Family record for it "
+                    "in its FAMILIES (see lightpipe/models/base.py)")
 
 
 def checkpoint_head(config: dict) -> str:
@@ -223,29 +235,25 @@ def load_model(folder, head: str | None = None, *, dtype=None, device=None, allo
     """
     folder = Path(folder)
     config = read_config(folder)
-    module = family_module(config)
+    fam = family(config)
     head = head or checkpoint_head(config)
-    # a family whose classes depend on model_type (e.g. the "roberta." prefix) exports heads(config)
-    heads = module.heads(config) if hasattr(module, "heads") else module.HEADS
-    if head not in heads:
+    if head not in fam.heads:
         raise ValueError(
-            f"{config['model_type']} models have no {head!r} head in lightpipe; available: {sorted(heads)}"
+            f"{config['model_type']} models have no {head!r} head in lightpipe; available: {sorted(fam.heads)}"
         )
-    cls = heads[head]
+    cls = fam.heads[head]
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, config, device)
 
     with torch.device("meta"), _SkipRandomInit():
-        model = cls(module.Config.from_dict(config))
+        model: Model = cls(fam.config.from_dict(config))
     expected = set(model.state_dict())
 
-    state = read_weights(weight_files(folder, allow_pickle))
-    if hasattr(module, "sanitize"):
-        state = module.sanitize(state)
+    state = fam.sanitize(read_weights(weight_files(folder, allow_pickle)))
     saved_head = checkpoint_head(config)
-    state = match_prefix(state, expected, getattr(cls, "base_model_prefix", ""))
+    state = match_prefix(state, expected, cls.base_model_prefix)
     # weights a checkpoint may carry that this class never uses (e.g. BERT's pooler): skip silently
-    ignored = tuple(getattr(cls, "ignore_unexpected", ()))
+    ignored = cls.ignore_unexpected
     if ignored:
         state = {k: v for k, v in state.items() if k in expected or not any(p in k for p in ignored)}
 
@@ -258,10 +266,10 @@ def load_model(folder, head: str | None = None, *, dtype=None, device=None, allo
         else:
             raise ValueError(f"checkpoint in {folder} has weights the model doesn't use: {unexpected[:10]}")
 
-    tied = set(getattr(model, "tied_weights", ()))
+    tied = set(model.tied_weights)
     missing = sorted(expected - set(state) - tied)
     # Only a head on top of a base model may be fresh; a missing base weight is an error.
-    dotted = getattr(cls, "base_model_prefix", "") + "."
+    dotted = cls.base_model_prefix + "."
     has_head = dotted != "." and any(k.startswith(dotted) for k in expected)
     base_missing = [k for k in missing if k.startswith(dotted)] if has_head else missing
     if base_missing:
@@ -274,12 +282,10 @@ def load_model(folder, head: str | None = None, *, dtype=None, device=None, allo
             stacklevel=2,
         )
         init_fresh(model, missing, config.get("initializer_range", 0.02))
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    model.tie_weights()
 
     model = model.to(device=device, dtype=dtype)
-    if hasattr(model, "post_load"):
-        model.post_load()
+    model.post_load()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -28,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .models.base import Model
+from .models.common import Conv1D
+
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8: weight ≈ q * scale[:, None]."""
@@ -49,8 +52,8 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Module) -> "Int8Linear":
-        """From an nn.Linear, or a module with `weight_is_in_out` (GPT-2's Conv1D: weight (in, out))."""
-        weight = linear.weight.t() if getattr(linear, "weight_is_in_out", False) else linear.weight
+        """From an nn.Linear or a Conv1D (GPT-2's: weight (in, out))."""
+        weight = linear.weight.t() if isinstance(linear, Conv1D) else linear.weight
         q, scale = quantize_weight(weight)
         device = linear.weight.device
         return cls(q.to(device), scale.to(device), linear.bias, linear.weight.dtype)
@@ -108,7 +111,7 @@ def _kernel_dtype(weight: torch.Tensor, dtype: torch.dtype) -> torch.dtype | Non
 
 
 def quantize_int8(model: nn.Module, skip: tuple[str, ...] = (), dynamic_activations: bool = False) -> nn.Module:
-    """Replace every nn.Linear (and GPT-2 Conv1D) of `model`, in place, by an int8 one; returns the model.
+    """Replace every nn.Linear (and Conv1D, GPT-2's) of `model`, in place, by an int8 one; returns the model.
 
     `skip`: module names (or name prefixes) to leave in float, e.g. a tiny classifier head.
     `dynamic_activations`: quantize activations per call too (CPU only; faster, less exact).
@@ -122,18 +125,17 @@ def quantize_int8(model: nn.Module, skip: tuple[str, ...] = (), dynamic_activati
     targets = [
         (name, module)
         for name, module in model.named_modules()
-        if (isinstance(module, nn.Linear) or getattr(module, "weight_is_in_out", False)) and not any(name == s or name.startswith(s + ".") for s in skip)
+        if isinstance(module, (nn.Linear, Conv1D)) and not any(name == s or name.startswith(s + ".") for s in skip)
     ]
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         if dynamic_activations:
-            weight = module.weight.t() if getattr(module, "weight_is_in_out", False) else module.weight
+            weight = module.weight.t() if isinstance(module, Conv1D) else module.weight
             setattr(parent, child, Int8DynamicLinear(weight, module.bias))
         else:
             setattr(parent, child, Int8Linear.from_linear(module))
-    if hasattr(model, "tied_weights"):
-        model.tied_weights = []  # the head is its own int8 tensor now
-    if hasattr(model, "tie_weights"):
+    if isinstance(model, Model):  # the head is its own int8 tensor now: nothing to tie any more
+        model.tied_weights = []
         model.tie_weights = lambda: None
     return model

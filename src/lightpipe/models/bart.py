@@ -12,17 +12,20 @@ marian.py builds Marian from these layers and stacks, with its own position embe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .base import Family, Model, ModelConfig
 from .common import (KVCache, activation, attention, clamp_fp16, decoder_mask, merge_heads, padding_bias, padding_mask,
                      split_heads)
 
 
 @dataclass
-class Config:
+class Config(ModelConfig):
+    null_means_default = False  # a null stays None: mBART has no decoder_start_token_id
+
     model_type: str = "bart"
     vocab_size: int = 50265
     d_model: int = 1024
@@ -40,14 +43,6 @@ class Config:
     eos_token_id: int = 2
     decoder_start_token_id: int | None = 2
     num_labels: int = 3
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Config":
-        names = {f.name for f in fields(cls)}
-        kept = {k: v for k, v in d.items() if k in names}  # None kept: mBART has no decoder_start_token_id
-        if d.get("id2label"):  # transformers derives num_labels from id2label; config.json stores only that
-            kept["num_labels"] = len(d["id2label"])
-        return cls(**kept)
 
     @property
     def prenorm(self) -> bool:
@@ -232,7 +227,7 @@ class Decoder(Stack):
 # ----------------------------------------------------------------------------- models and heads
 
 
-class BartModel(nn.Module):
+class BartModel(Model):
     """Encoder + decoder; returns the decoder's last hidden state, like transformers' BartModel."""
 
     base_model_prefix = "model"
@@ -261,7 +256,7 @@ def _prefixed(names, prefix):
     return [f"{prefix}.{n}" for n in names]
 
 
-class BartForConditionalGeneration(nn.Module):
+class BartForConditionalGeneration(Model):
     """BartModel + lm_head + final_logits_bias, with the engine's encoder-decoder protocol (see
     generation.py). Marian's MTModel is this on its own base model (`model_class`)."""
 
@@ -275,7 +270,7 @@ class BartForConditionalGeneration(nn.Module):
         self.model = self.model_class(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.target_vocab_size, bias=False)
         self.register_buffer("final_logits_bias", torch.zeros(1, cfg.target_vocab_size))
-        self.max_positions = cfg.max_position_embeddings  # decoder positions are a fixed table
+        self.max_positions = self.context_length = cfg.max_position_embeddings  # decoder positions: a fixed table
         # final_logits_bias: transformers tolerates its absence (zeros); never a random init
         self.tied_weights = _prefixed(self.model.tied_weights, "model") + ["final_logits_bias"]
         if cfg.tie_word_embeddings:
@@ -295,7 +290,8 @@ class BartForConditionalGeneration(nn.Module):
         return self.model.encoder(input_ids, attention_mask)
 
     def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
-        cfg, w = self.config, self.lm_head.weight
+        # the token embedding's dtype: quantize="int8" turns lm_head's weight into int8
+        cfg, w = self.config, self.model.decoder.embed_tokens.weight
         heads = cfg.decoder_attention_heads
         head_dim = cfg.d_model // heads
         return KVCache(cfg.decoder_layers, batch, heads, max_len, head_dim, dtype or w.dtype, device or w.device)
@@ -323,7 +319,7 @@ class ClassificationHead(nn.Module):
         return self.out_proj(torch.tanh(self.dense(x)))
 
 
-class BartForSequenceClassification(nn.Module):
+class BartForSequenceClassification(Model):
     """Pools the decoder state at each row's last eos token (what facebook/bart-large-mnli uses).
 
     transformers demands the same number of eos tokens in every row and then takes the last one;
@@ -363,3 +359,6 @@ HEADS = {
 def sanitize(state: dict) -> dict:
     # fairseq-converted checkpoints carry `encoder.version` / `decoder.version` markers
     return {k: v for k, v in state.items() if not k.endswith(".version")}
+
+
+FAMILIES = (Family(("bart", "mbart"), Config, HEADS, sanitize),)

@@ -8,17 +8,18 @@ differently. Parameter names are the Hub's, so checkpoints load one to one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import Family, Model, ModelConfig
 from .common import activation, attention, merge_heads, padding_mask, split_heads
 
 
 @dataclass
-class Config:
+class Config(ModelConfig):
     model_type: str = "bert"
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -34,22 +35,16 @@ class Config:
     tie_word_embeddings: bool = True
     num_labels: int = 2
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Config":
-        known = {f.name for f in fields(cls)}
-        config = cls(**{k: v for k, v in d.items() if k in known and v is not None})
-        if d.get("id2label"):  # as transformers: the label map wins over num_labels
-            config.num_labels = len(d["id2label"])
-        if config.position_embedding_type != "absolute":
+    def __post_init__(self):
+        if self.position_embedding_type != "absolute":
             raise ValueError(
-                f"position_embedding_type={config.position_embedding_type!r} is not supported by lightpipe "
+                f"position_embedding_type={self.position_embedding_type!r} is not supported by lightpipe "
                 "(only 'absolute'); this checkpoint needs transformers"
             )
-        if config.hidden_size % config.num_attention_heads:
+        if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"hidden_size {config.hidden_size} is not a multiple of {config.num_attention_heads} heads"
+                f"hidden_size {self.hidden_size} is not a multiple of {self.num_attention_heads} heads"
             )
-        return config
 
     @property
     def roberta_positions(self) -> bool:
@@ -142,7 +137,7 @@ class Layer(nn.Module):
 IGNORE_UNEXPECTED = ("pooler.", "cls.seq_relationship.")
 
 
-class BertModel(nn.Module):
+class BertModel(Model):
     """The encoder. forward → last hidden state (B, T, C)."""
 
     base_model_prefix = "bert"
@@ -175,7 +170,7 @@ class RobertaModel(BertModel):
     base_model_prefix = "roberta"  # also xlm-roberta's and camembert's
 
 
-class _Head(nn.Module):
+class _Head(Model):
     """A task head over the encoder, kept under the Hub's prefix ("bert." or "roberta.")."""
 
     base_model_prefix = "bert"
@@ -332,11 +327,6 @@ ROBERTA_HEADS = {
 }
 
 
-def heads(config: dict) -> dict:
-    """The head classes for this checkpoint: the prefix and head shapes depend on model_type."""
-    return HEADS if config.get("model_type", "bert") == "bert" else ROBERTA_HEADS
-
-
 def sanitize(state: dict) -> dict:
     out = {}
     for k, v in state.items():
@@ -353,3 +343,10 @@ def sanitize(state: dict) -> dict:
         if head + "decoder.bias" in out and head + "bias" not in out:
             out[head + "bias"] = out[head + "decoder.bias"]
     return out
+
+
+FAMILIES = (
+    Family(("bert",), Config, HEADS, sanitize),
+    # the RoBERTa models nest the encoder under "roberta." and shape two heads differently
+    Family(("roberta", "xlm-roberta", "camembert"), Config, ROBERTA_HEADS, sanitize),
+)

@@ -29,6 +29,21 @@ def activation(name: str):
         raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
 
 
+class Conv1D(nn.Module):
+    """y = x @ weight + bias with weight (in, out): GPT-2's layout on the Hub, kept as stored
+    (gpt2.py says why). quantize_int8 knows it and transposes the weight."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.in_features, self.out_features = n_in, n_out
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x):
+        y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
 def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, S) 1/0 mask → additive (B, 1, 1, S) mask, always built: a decode step's cross-attention
     mask can't ask the device whether anything is padded without stalling on a sync.

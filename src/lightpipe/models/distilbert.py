@@ -6,19 +6,20 @@ Parameter names are the Hub's (distilbert.transformer.layer.N.attention.q_lin, .
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import Family, Model, ModelConfig
 from .common import activation, attention, merge_heads, padding_mask, split_heads
 
 EPS = 1e-12  # DistilBERT hard-codes its LayerNorm epsilon; config.json doesn't carry it
 
 
 @dataclass
-class Config:
+class Config(ModelConfig):
     model_type: str = "distilbert"
     vocab_size: int = 30522
     dim: int = 768
@@ -30,15 +31,9 @@ class Config:
     tie_word_embeddings: bool = True
     num_labels: int = 2
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Config":
-        known = {f.name for f in fields(cls)}
-        config = cls(**{k: v for k, v in d.items() if k in known and v is not None})
-        if d.get("id2label"):  # as transformers: the label map wins over num_labels
-            config.num_labels = len(d["id2label"])
-        if config.dim % config.n_heads:
-            raise ValueError(f"dim {config.dim} is not a multiple of {config.n_heads} heads")
-        return config
+    def __post_init__(self):
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not a multiple of {self.n_heads} heads")
 
 
 class Embeddings(nn.Module):
@@ -101,7 +96,7 @@ class Layer(nn.Module):
         return self.output_layer_norm(self.ffn.lin2(h) + x)
 
 
-class DistilBertModel(nn.Module):
+class DistilBertModel(Model):
     """The encoder. forward → last hidden state (B, T, C)."""
 
     base_model_prefix = "distilbert"
@@ -124,7 +119,7 @@ class DistilBertModel(nn.Module):
             layer.fuse_qkv()
 
 
-class _Head(nn.Module):
+class _Head(Model):
     base_model_prefix = "distilbert"
 
     def __init__(self, config: Config):
@@ -207,3 +202,6 @@ HEADS = {
 def sanitize(state: dict) -> dict:
     # embeddings.position_ids: a buffer older transformers saved; positions are rebuilt on the fly
     return {k: v for k, v in state.items() if not k.endswith("embeddings.position_ids")}
+
+
+FAMILIES = (Family(("distilbert",), Config, HEADS, sanitize),)

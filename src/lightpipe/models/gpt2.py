@@ -4,37 +4,23 @@ The Hub checkpoint stores its projections as `Conv1D` weights of shape (in, out)
 that way: `x @ W + b` through addmm is what transformers computes (bit for bit), and on CPU it
 is as fast as nn.Linear for one token and faster for a batch of them (MKL's small-M GEMM
 prefers this layout; measured 10-35% at 8 rows on GPT-2-small shapes). `quantize_int8`
-knows this layout (`weight_is_in_out`).
+knows this layout (common.Conv1D).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from .common import KVCache, activation, attention, decoder_mask, lm_logits, merge_heads, padded_positions
-
-
-class Conv1D(nn.Module):
-    """y = x @ weight + bias with weight (in, out), the Hub's layout for GPT-2."""
-
-    weight_is_in_out = True
-
-    def __init__(self, n_in: int, n_out: int):
-        super().__init__()
-        self.in_features, self.out_features = n_in, n_out
-        self.weight = nn.Parameter(torch.empty(n_in, n_out))
-        self.bias = nn.Parameter(torch.zeros(n_out))
-
-    def forward(self, x):
-        y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)
-        return y.view(*x.shape[:-1], self.out_features)
+from .base import Family, Model, ModelConfig
+from .common import Conv1D, KVCache, activation, attention, decoder_mask, lm_logits, merge_heads, padded_positions
 
 
 @dataclass
-class Config:
+class Config(ModelConfig):
+    null_means_default = False  # a null stays None, as transformers reads it
+
     vocab_size: int = 50257
     n_positions: int = 1024
     n_embd: int = 768
@@ -47,15 +33,6 @@ class Config:
     scale_attn_by_inverse_layer_idx: bool = False
     tie_word_embeddings: bool = True
     add_cross_attention: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Config":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    @property
-    def max_position_embeddings(self) -> int:
-        return self.n_positions
 
     @property
     def head_dim(self) -> int:
@@ -111,9 +88,8 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT2Model(nn.Module):
+class GPT2Model(Model):
     base_model_prefix = "transformer"
-    is_encoder_decoder = False
 
     def __init__(self, config: Config):
         super().__init__()
@@ -121,6 +97,7 @@ class GPT2Model(nn.Module):
             raise ValueError("GPT-2 with cross-attention (add_cross_attention=True) is not supported by lightpipe")
         self.config = config
         self.max_positions = config.n_positions  # learned positions: a hard context limit
+        self.context_length = config.n_positions
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
@@ -154,16 +131,15 @@ class GPT2Model(nn.Module):
         return self.ln_f(x)
 
 
-class GPT2LMHeadModel(nn.Module):
+class GPT2LMHeadModel(Model):
     base_model_prefix = "transformer"
-    is_encoder_decoder = False
 
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.max_positions = self.transformer.max_positions
+        self.max_positions = self.context_length = config.n_positions
         self.tied_weights = ["lm_head.weight"] if config.tie_word_embeddings else []
 
     def tie_weights(self):
@@ -182,6 +158,10 @@ class GPT2LMHeadModel(nn.Module):
 
 HEADS = {"base": GPT2Model, "causal-lm": GPT2LMHeadModel}
 
+
 def sanitize(state: dict) -> dict:
     """Drop the causal-mask buffers (`attn.bias`, `attn.masked_bias`) that old checkpoints saved."""
     return {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+
+
+FAMILIES = (Family(("gpt2",), Config, HEADS, sanitize),)

@@ -10,12 +10,13 @@ The three differ only in small ways, all read from config.json:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import Family, Model, ModelConfig
 from .common import (
     KVCache,
     RMSNorm,
@@ -30,7 +31,9 @@ from .common import (
 
 
 @dataclass
-class Config:
+class Config(ModelConfig):
+    null_means_default = False  # a null stays None, as transformers reads it
+
     model_type: str = "llama"
     vocab_size: int = 32000
     hidden_size: int = 4096
@@ -52,13 +55,9 @@ class Config:
     max_window_layers: int = 28
     layer_types: list | None = None
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Config":
-        names = {f.name for f in fields(cls)}
-        c = cls(**{k: v for k, v in d.items() if k in names})
-        c.num_key_value_heads = c.num_key_value_heads or c.num_attention_heads
-        c.head_dim = c.head_dim or c.hidden_size // c.num_attention_heads
-        return c
+    def __post_init__(self):
+        self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
+        self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
 
     def layer_windows(self) -> list[int | None]:
         """The sliding window of each layer (None: full attention), as transformers 4.57 decides it."""
@@ -195,14 +194,13 @@ class Layer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class LlamaModel(nn.Module):
+class LlamaModel(Model):
     base_model_prefix = "model"
-    is_encoder_decoder = False
 
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
-        self.max_positions = None  # rotary positions: no hard limit
+        self.context_length = config.max_position_embeddings  # rotary positions: no hard limit (max_positions None)
         self.windows = config.layer_windows()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Layer(config, i) for i in range(config.num_hidden_layers))
@@ -236,16 +234,15 @@ class LlamaModel(nn.Module):
         return self.norm(x)
 
 
-class LlamaForCausalLM(nn.Module):
+class LlamaForCausalLM(Model):
     base_model_prefix = "model"
-    is_encoder_decoder = False
 
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.max_positions = None
+        self.context_length = config.max_position_embeddings
         self.tied_weights = ["lm_head.weight"] if config.tie_word_embeddings else []
 
     def tie_weights(self):
@@ -271,3 +268,6 @@ HEADS = {"base": LlamaModel, "causal-lm": LlamaForCausalLM}
 def sanitize(state: dict) -> dict:
     """Drop the rotary inv_freq buffers that some older checkpoints saved."""
     return {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+
+
+FAMILIES = (Family(("llama", "mistral", "qwen2"), Config, HEADS, sanitize),)

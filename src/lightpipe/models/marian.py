@@ -15,6 +15,7 @@ from torch import nn
 
 from .bart import Config as BartConfig
 from .bart import BartForConditionalGeneration, Decoder, Encoder
+from .base import Family, Model
 
 
 @dataclass
@@ -29,11 +30,10 @@ class Config(BartConfig):
     eos_token_id: int = 0
     decoder_start_token_id: int = 58100
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Config":
-        cfg = super().from_dict({k: v for k, v in d.items() if v is not None})  # a null keeps Marian's default
-        cfg.decoder_vocab_size = cfg.decoder_vocab_size or cfg.vocab_size
-        return cfg
+    null_means_default = True  # a null keeps Marian's default
+
+    def __post_init__(self):
+        self.decoder_vocab_size = self.decoder_vocab_size or self.vocab_size
 
     @property
     def target_vocab_size(self) -> int:
@@ -66,7 +66,7 @@ class SinusoidalPositions(nn.Module):
         return self.table[start : start + length]  # (T, D)
 
 
-class MarianModel(nn.Module):
+class MarianModel(Model):
     base_model_prefix = "model"
 
     def __init__(self, cfg: Config):
@@ -114,3 +114,6 @@ HEADS = {"base": MarianModel, "seq2seq-lm": MarianMTModel}
 def sanitize(state: dict) -> dict:
     # older checkpoints saved the sinusoidal tables as weights; they are computed here instead
     return {k: v for k, v in state.items() if not k.endswith("embed_positions.weight")}
+
+
+FAMILIES = (Family(("marian",), Config, HEADS, sanitize),)

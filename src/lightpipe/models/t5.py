@@ -9,16 +9,17 @@ shared by every block of that stack. Parameter names follow the Hub (`shared`,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .base import Family, Model, ModelConfig
 from .common import KVCache, activation, attention, causal_allowed, clamp_fp16, merge_heads, padding_bias, split_heads
 
 
 @dataclass
-class Config:
+class Config(ModelConfig):
     vocab_size: int = 32128
     d_model: int = 512
     d_kv: int = 64
@@ -35,12 +36,8 @@ class Config:
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Config":
-        names = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in d.items() if k in names and v is not None})
-        cfg.num_decoder_layers = cfg.num_decoder_layers or cfg.num_layers
-        return cfg
+    def __post_init__(self):
+        self.num_decoder_layers = self.num_decoder_layers or self.num_layers
 
     @property
     def gated(self) -> bool:
@@ -223,7 +220,7 @@ class Stack(nn.Module):
         return self.final_layer_norm(x)
 
 
-class T5Model(nn.Module):
+class T5Model(Model):
     """Encoder + decoder; returns the decoder's last hidden state."""
 
     base_model_prefix = ""
@@ -253,7 +250,8 @@ class T5Model(nn.Module):
 
 class T5ForConditionalGeneration(T5Model):
     is_encoder_decoder = True
-    max_positions = None  # relative positions: no hard length limit
+    # relative positions: no hard length limit (max_positions stays None), and no context_length
+    # to cap the default generation length: transformers' T5Config has no max_position_embeddings
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)
@@ -270,7 +268,8 @@ class T5ForConditionalGeneration(T5Model):
         self.tie_weights()
 
     def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
-        cfg, w = self.config, self.lm_head.weight
+        # the token embedding's dtype: quantize="int8" turns lm_head's weight into int8
+        cfg, w = self.config, self.shared.weight
         layers, heads = cfg.num_decoder_layers, cfg.num_heads
         return KVCache(layers, batch, heads, max_len, cfg.d_kv, dtype or w.dtype, device or w.device)
 
@@ -295,3 +294,6 @@ HEADS = {"base": T5Model, "seq2seq-lm": T5ForConditionalGeneration}
 def sanitize(state: dict) -> dict:
     # some old checkpoints carry a cross-attention position bias that T5 never uses
     return {k: v for k, v in state.items() if "EncDecAttention.relative_attention_bias" not in k}
+
+
+FAMILIES = (Family(("t5",), Config, HEADS, sanitize),)

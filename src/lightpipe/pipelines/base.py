@@ -24,6 +24,7 @@ from ..rows import Columns, column_text, column_value
 
 DEFAULT_MAX_BATCH_TOKENS = 8192  # padded tokens per forward pass: fits caches, amortises overhead
 WINDOW_ITEMS = 512  # items read at a time from a stream: flat memory, still room to sort
+NO_LIMIT = int(1e20)  # transformers' LARGE_INTEGER: a model_max_length above it means "no limit"
 
 
 class Pipeline:
@@ -210,14 +211,21 @@ class Pipeline:
     def max_positions(self) -> int | None:
         """Longest input the model's position table holds (None: no table in the config)."""
         positions = self.config.get("max_position_embeddings")
-        if positions and self.config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        model_type = self.config.get("model_type")
+        if positions and model_type in ("roberta", "xlm-roberta", "camembert"):
             positions -= (self.config.get("pad_token_id") or 1) + 1  # positions start after padding_idx
+        elif positions and model_type == "mpnet":
+            positions -= 2  # RoBERTa's numbering with padding_idx 1, which MPNet hard-codes
+        if model_type == "deberta-v2" and self.config.get("position_biased_input") is False:
+            return None  # DeBERTa-v3: relative positions only, no table to run out of
         return positions
 
     @property
     def max_input_tokens(self) -> int:
-        """Longest input the model accepts: the tokenizer's limit, capped by the position table."""
-        limits = [n for n in (self.tokenizer.model_max_length, self.max_positions) if n]
+        """Longest input the model accepts: the tokenizer's limit, capped by the position table;
+        10**9 when neither sets one (a tokenizer's 1e30 "no limit" is more than the tokenizers
+        library can truncate to)."""
+        limits = [n for n in (self.tokenizer.model_max_length, self.max_positions) if n and n <= NO_LIMIT]
         return min(limits) if limits else 10**9
 
 

@@ -240,9 +240,23 @@ class TranslationPipeline(Text2TextGenerationPipeline):
             return "mbart"
         return None
 
-    def language_id(self, code: str, name: str) -> int:
+    @property
+    def language_list(self) -> list[str]:
+        """The tokenizer's language codes (mBART saves them as its additional special tokens)."""
         extra = self.tokenizer.config.get("additional_special_tokens") or []
-        codes = [t.get("content") if isinstance(t, dict) else t for t in extra]  # mBART saves its codes there
+        return [t.get("content") if isinstance(t, dict) else t for t in extra]
+
+    def server_info(self):
+        """For the playground's language fields: whether src_lang / tgt_lang are required, the
+        codes to choose from, and the pair the tokenizer was saved with (a default to offer)."""
+        if self.multilingual is None:
+            return {}
+        config = self.tokenizer.config
+        defaults = {k: config[k] for k in ("src_lang", "tgt_lang") if isinstance(config.get(k), str)}
+        return {"needs_languages": True, "languages": self.language_list, "language_defaults": defaults}
+
+    def language_id(self, code: str, name: str) -> int:
+        codes = self.language_list
         index = self.tokenizer.token_to_id(code) if isinstance(code, str) else None
         if index is None or index == self.tokenizer.unk_token_id or (codes and code not in codes):
             raise ValueError(f"{name}={code!r} is not a language code of this tokenizer; it knows "

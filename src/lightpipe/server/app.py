@@ -94,8 +94,9 @@ async def openapi(request: Request):
 
 
 async def search_models(request: Request):
-    """The Hub's models for a task and language (the course's "refine by task and language")."""
-    from .. import hub
+    """The Hub's models for a task and language (the course's "refine by task and language"),
+    each marked `loads` with a `reason`; `all=true` includes those lightpipe can't load."""
+    from .. import hub_search
 
     st = state(request)
     q = request.query_params
@@ -104,9 +105,14 @@ async def search_models(request: Request):
     except ValueError:
         raise errors.validation(f"limit must be an integer, got {q.get('limit')!r}") from None
     limit = max(1, min(limit, 100))
+    include_unloadable = (q.get("all") or "").lower() in {"1", "true", "yes", "on"}
     try:
-        found = await run_in_threadpool(hub.list_models, task=q.get("task") or None, language=q.get("language") or None,
-                                        search=q.get("search") or None, limit=limit, endpoint=st.config.hub_endpoint)
+        found = await run_in_threadpool(hub_search.list_models, task=q.get("task") or None,
+                                        language=q.get("language") or None, search=q.get("search") or None,
+                                        limit=limit, include_unloadable=include_unloadable,
+                                        endpoint=st.config.hub_endpoint)
+    except (ValueError, TypeError) as e:  # an unknown task
+        raise errors.validation(str(e)) from None
     except Exception as e:  # offline, unreachable, or the Hub's error: say so, don't crash
         raise errors.ApiError(503, f"could not list Hub models: {e}", "unavailable") from None
     return json_response(found)

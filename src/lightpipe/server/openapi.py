@@ -94,10 +94,13 @@ def openapi_spec(version: str) -> dict:
                     tag="server", method="get", errors=False),
         "/metrics": op("Metrics", "Prometheus text format: requests, errors, queue depth, batch sizes, latencies.",
                        tag="server", method="get", errors=False),
-        "/api/models": op("Search Hub models", "Query: task, language, search, limit. Most downloaded first.",
+        "/api/models": op("Search Hub models", "Query: task (or alias), language, search, limit, all. Most "
+                          "downloaded first; only models lightpipe loads, or with all=true every match, loadable "
+                          "first, each marked `loads` with a `reason`.",
                           tag="playground", method="get", errors=False,
                           response=[{"id": "distilbert/distilbert-base-uncased-finetuned-sst-2-english",
-                                     "downloads": 1, "likes": 1, "pipeline_tag": "text-classification"}]),
+                                     "downloads": 1, "likes": 1, "pipeline_tag": "text-classification",
+                                     "model_type": "distilbert", "loads": True, "reason": None}]),
         "/api/load": op("Load a Hub model", "Needs --allow-load (folders on the server: --allow-load-local). Returns "
                         "202 while it loads; poll /info. The same model asked for again is the same entry.",
                         {"model": "distilbert/distilbert-base-uncased-finetuned-sst-2-english", "task": "text-classification",

@@ -132,12 +132,20 @@ class Served:
             out["max_input_tokens"] = _safe(lambda: pipe.max_input_tokens)
             out.update(pipe.server_info())  # the task's own facts: labels, mask token
             out["streaming"] = has_token_stream(pipe)
+            out["chat"] = takes_chat(pipe)
         return out
 
 
 def has_token_stream(pipe) -> bool:
     """Whether the pipeline streams generated text: `stream(prompt, **kw)` (text-generation)."""
     return callable(getattr(pipe, "stream", None))
+
+
+def takes_chat(pipe) -> bool:
+    """Whether /v1/chat/completions can serve the pipeline: it takes messages and its tokenizer
+    has a chat template to render them (the playground's chat mode)."""
+    template = getattr(getattr(pipe, "tokenizer", None), "chat_template", None)
+    return bool(getattr(pipe, "takes_chat", False) and template)
 
 
 def _safe(fn):

@@ -2,7 +2,9 @@
 
 - base.py    the interface pipelines may call, and the helpers every tokenizer shares
 - fast.py    FastTokenizer, over a `tokenizers.Tokenizer` (tokenizer.json, vocab.txt, BPE files)
-- spiece.py  T5's spiece.model → a `tokenizers.Tokenizer` (no sentencepiece needed)
+- spiece.py  sentencepiece models (T5's and ALBERT's spiece.model, DeBERTa's spm.model) → a
+             `tokenizers.Tokenizer` (no sentencepiece needed), and those classes' default
+             special tokens
 - marian.py  MarianTokenizer: source.spm/target.spm + vocab.json (needs sentencepiece)
 - chat.py    chat templates, rendered as transformers renders them
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import Tokenizer, read_config
+from .spiece import with_class_defaults
 
 # the files a tokenizer is built from, in the order transformers prefers them
 SOURCES = {
@@ -21,7 +24,8 @@ SOURCES = {
     "vocab.txt": ("vocab.txt",),  # WordPiece (BERT-style)
     "vocab.json + merges.txt": ("vocab.json", "merges.txt"),  # byte-level BPE
     "source.spm + vocab.json": ("source.spm", "vocab.json"),  # Marian
-    "spiece.model": ("spiece.model",),  # T5 saved by the slow tokenizer
+    "spiece.model": ("spiece.model",),  # T5 or ALBERT saved by the slow tokenizer
+    "spm.model": ("spm.model",),  # DeBERTa-v2/v3
 }
 
 
@@ -33,9 +37,10 @@ def load(folder, model_type: str | None = None) -> Tokenizer:
     if source is None:
         raise FileNotFoundError(
             f"no tokenizer in {folder}: expected tokenizer.json, vocab.txt, vocab.json + merges.txt, "
-            "source.spm + vocab.json (Marian) or spiece.model (T5)"
+            "source.spm + vocab.json (Marian), spiece.model (T5, ALBERT) or spm.model (DeBERTa)"
         )
-    config = read_config(folder)
+    # tokenizer_config.json as transformers' class completes it (albert-base-v2 ships none)
+    config = with_class_defaults(read_config(folder), model_type)
     if source == "source.spm + vocab.json":
         from .marian import MarianTokenizer
 

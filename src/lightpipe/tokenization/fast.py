@@ -3,7 +3,8 @@ transformers' fast tokenizers: special tokens, pairs, truncation with overflow, 
 
 `backend_from_files` builds the `tokenizers.Tokenizer` from a folder's files, as transformers
 does: tokenizer.json; else vocab.txt (WordPiece, BERT-style); else vocab.json + merges.txt
-(byte-level BPE); else T5's spiece.model, converted (spiece.py).
+(byte-level BPE); else a sentencepiece model (T5's or ALBERT's spiece.model, DeBERTa's spm.model),
+converted (spiece.py).
 """
 
 from __future__ import annotations
@@ -129,14 +130,14 @@ def backend_from_files(folder: Path, source: str, config: dict, model_type: str 
         _bos_eos_post_processor(backend, config, model_type)
     elif source == "vocab.txt":
         with _unreadable(folder / "vocab.txt"):
-            backend = _wordpiece(folder / "vocab.txt", config)
+            backend = _wordpiece(folder / "vocab.txt", config, model_type)
     elif source == "vocab.json + merges.txt":
         with _unreadable(folder / "vocab.json", folder / "merges.txt"):
             backend = _byte_level_bpe(folder, config, model_type)
-    elif source == "spiece.model":
-        from .spiece import spiece_backend  # T5 saved by the slow tokenizer
+    elif source in ("spiece.model", "spm.model"):
+        from .spiece import sentencepiece_backend  # T5 / ALBERT / DeBERTa saved by the slow tokenizer
 
-        backend = spiece_backend(folder / "spiece.model", config, model_type)
+        backend = sentencepiece_backend(folder / source, config, model_type)
     else:
         raise ValueError(f"unknown tokenizer source {source!r}")
     backend.no_padding()
@@ -189,7 +190,8 @@ def _bos_eos_post_processor(backend: Backend, config: dict, model_type: str | No
     backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
 
 
-def _wordpiece(vocab: Path, config: dict) -> Backend:
+def _wordpiece(vocab: Path, config: dict, model_type: str | None = None) -> Backend:
+    from tokenizers import processors
     from tokenizers.implementations import BertWordPieceTokenizer
 
     tok = BertWordPieceTokenizer(
@@ -203,7 +205,14 @@ def _wordpiece(vocab: Path, config: dict) -> Backend:
         pad_token=token_text(config.get("pad_token")) or "[PAD]",
         mask_token=token_text(config.get("mask_token")) or "[MASK]",
     )
-    return tok._tokenizer
+    backend = tok._tokenizer
+    if model_type == "mpnet" or config.get("tokenizer_class", "").removesuffix("Fast") == "MPNetTokenizer":
+        # MPNet's pairs have two separators between the texts, as RoBERTa's: <s> A </s></s> B </s>
+        cls, sep = token_text(config.get("cls_token")) or "<s>", token_text(config.get("sep_token")) or "</s>"
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 {sep}:0 $B:1 {sep}:1",
+            special_tokens=[(cls, backend.token_to_id(cls)), (sep, backend.token_to_id(sep))])
+    return backend
 
 
 def _byte_level_bpe(folder: Path, config: dict, model_type: str | None) -> Backend:
