@@ -158,6 +158,10 @@ def test_model_specs_parse():
     assert parse_model_spec("sst2=org/model") == ModelSpec("org/model", name="sst2")
     assert parse_model_spec("sst2=text-classification=org/model@abc1234") == \
         ModelSpec("org/model", task="text-classification", name="sst2", revision="abc1234")
+    # a name that is also a task's name, before a task
+    assert parse_model_spec("ner=ner=org/model") == ModelSpec("org/model", task="ner", name="ner")
+    assert parse_model_spec("ner=text-classification=org/model") == \
+        ModelSpec("org/model", task="text-classification", name="ner")
     with pytest.raises(ValueError, match="names no revision"):
         parse_model_spec("org/model@")
 

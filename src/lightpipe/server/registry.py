@@ -54,13 +54,13 @@ def parse_model_spec(spec: str) -> ModelSpec:
         return ModelSpec(spec)
     name = task = None
     head, sep, rest = spec.partition("=")
-    if sep and rest and is_task(head):
+    second, sep2, last = rest.partition("=")
+    if sep and sep2 and last and NAME.fullmatch(head) and is_task(second) and not Path(rest).expanduser().is_dir():
+        name, task, spec = head, second, last  # NAME=TASK=MODEL, even where NAME is a task's name too (ner=ner=...)
+    elif sep and rest and is_task(head):
         task, spec = head, rest
     elif sep and rest and NAME.fullmatch(head):
         name, spec = head, rest
-        head, sep, rest = spec.partition("=")
-        if sep and rest and is_task(head):
-            task, spec = head, rest
     revision = None
     if not Path(spec).expanduser().is_dir() and spec.count("@") == 1 and not spec.startswith("@"):
         spec, revision = spec.split("@")
