@@ -437,6 +437,54 @@ def test_finish_reasons_and_stop_strings_agree_on_every_generation_route(server,
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + [openai_reason]
 
 
+def test_token_counts_and_finish_reasons_come_from_the_generated_ids(server, folders):
+    """Non-streamed generation counts the tokens the model generated (transformers' ids for the
+    same call), not the text re-tokenized: max_tokens=8 is 8 tokens and "length"; an
+    end-of-sequence token is counted and is "eos_token"; a stop string counts the tokens up
+    to the one that completed it."""
+    import transformers
+
+    gpt, prompt = name(folders, "gpt"), "The assert statement"
+    reference = transformers.pipeline("text-generation", model=folders["gpt"])
+    tok = reference.tokenizer
+    prompt_ids = tok(prompt)["input_ids"]
+
+    def new_ids(**kw):
+        out = reference(prompt, do_sample=False, return_tensors=True, **kw)[0]["generated_token_ids"]
+        return list(out)[len(prompt_ids):]
+
+    def text_of(ids):
+        return tok.decode(prompt_ids + ids, skip_special_tokens=True)[len(tok.decode(prompt_ids, skip_special_tokens=True)):]
+
+    free = new_ids(max_new_tokens=8)
+    assert len(free) == 8 and tok.eos_token_id not in free
+    body = {"model": gpt, "prompt": prompt, "max_tokens": 8, "temperature": 0}
+    done = post(server, "/v1/completions", body).json()
+    assert done["usage"]["completion_tokens"] == 8 and done["choices"][0]["finish_reason"] == "length"
+    assert done["usage"]["prompt_tokens"] == len(prompt_ids)
+    tgi = post(server, f"/models/{gpt}", {"inputs": prompt, "parameters": {"max_new_tokens": 8, "details": True}})
+    assert tgi.json()[0]["details"]["generated_tokens"] == 8 and tgi.json()[0]["details"]["finish_reason"] == "length"
+
+    # the third new token made the end-of-sequence token (no token twice: the tiny model repeats
+    # itself otherwise): generation ends there, and it counts
+    distinct = new_ids(max_new_tokens=8, no_repeat_ngram_size=1)
+    ended = new_ids(max_new_tokens=8, no_repeat_ngram_size=1, eos_token_id=distinct[2])
+    assert ended == distinct[:3]
+    params = {"max_new_tokens": 8, "details": True, "no_repeat_ngram_size": 1, "eos_token_id": distinct[2]}
+    got = post(server, f"/models/{gpt}", {"inputs": prompt, "parameters": params}).json()[0]
+    assert got["details"] == {"finish_reason": "eos_token", "generated_tokens": 3, "seed": None,
+                              "prefill": [], "tokens": []}
+    assert got["generated_text"] == text_of(ended)
+
+    # a stop string: the tokens up to the one that completes it
+    full = text_of(free)
+    stop = full[len(full) // 2:len(full) // 2 + 2]
+    upto = next(n for n in range(1, 9) if stop in text_of(free[:n]))
+    cut = post(server, "/v1/completions", {**body, "stop": [stop]}).json()
+    assert cut["choices"][0] == {"index": 0, "text": full[:full.find(stop)], "logprobs": None, "finish_reason": "stop"}
+    assert cut["usage"]["completion_tokens"] == upto
+
+
 def test_finish_reason_is_eos_token_below_the_limit():
     from types import SimpleNamespace
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.responses import StreamingResponse
 
@@ -152,6 +154,68 @@ async def generate(st, served: Served, prompts: list, options: dict, seed=None, 
     lengths = bounded(st, served, prompts, options, defaults, names)
     done = await run(served, "run", prompts, options, seed, tokens=sum(lengths))
     return done.results, done.tokens
+
+
+@dataclass
+class Sequence:
+    """One generated sequence, from the token ids the engine made: `text` is the pipeline's own
+    decoding of them (what a plain call returns), `ids` the new tokens (an end-of-sequence
+    token included), `eos` whether it ended with one."""
+    text: str
+    ids: list[int]
+    eos: bool
+    decode: Callable[[list[int]], str]  # the text of the first tokens of `ids`
+
+    def finish(self, stops: list[str]) -> tuple[str, str, int]:
+        """(text cut at the first stop string, TGI's finish reason, new tokens): a stop string
+        counts the tokens up to the one that completed it, not those generated past it."""
+        text, stopped = cut_at_stop(self.text, stops)
+        if not stopped:
+            return text, ("eos_token" if self.eos else "length"), len(self.ids)
+        low, high = 1, len(self.ids)  # the fewest tokens whose text holds a stop string
+        while low < high:
+            mid = (low + high) // 2
+            if cut_at_stop(self.decode(self.ids[:mid]), stops)[1]:
+                high = mid
+            else:
+                low = mid + 1
+        return text, "stop_sequence", high
+
+
+async def generate_sequences(st, served: Served, prompts: list, options: dict, seed=None, defaults=(),
+                             names: dict | None = None) -> tuple[list[list[Sequence]], int]:
+    """Each prompt's sequences with their token ids (see Sequence), and the prompt tokens: the
+    pipeline runs for ids (return_tensors) and its own `records` turn them into the text a plain
+    call gives, so counts and finish reasons come from the generated ids, not re-tokenized text."""
+    if options.get("return_tensors"):
+        raise errors.validation("return_tensors is not a parameter of this route (it answers text)",
+                                param="return_tensors")
+    lengths = bounded(st, served, prompts, options, defaults, names)
+    pipe = served.pipeline
+    for_ids = {k: v for k, v in options.items() if k not in ("return_full_text", "return_text")}  # exclusive with ids
+    done = await run(served, "run", prompts, {**for_ids, "return_tensors": True}, seed, tokens=sum(lengths))
+    task_options, config = pipe.split_options(pipe.call_options(dict(options)))
+    eos = set(config.eos_token_id if isinstance(config.eos_token_id, (list, tuple)) else
+              [] if config.eos_token_id is None else [config.eos_token_id])
+    encoded = pipe.encode_items(prompts, task_options)
+    out = []
+    for item, prompt_ids, result in zip(prompts, encoded, done.results):
+        sequences = []
+        for record in (result if isinstance(result, list) else [result]):
+            (ids,) = record.values()
+            ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+            if pipe.encoder_decoder:  # the decoder's row: its start token, new tokens, padding after eos
+                start, new = ids[:1], ids[1:]
+                new = new[:next((k + 1 for k, t in enumerate(new) if t in eos), len(new))]
+            else:  # the prompt, then the new tokens up to and including eos
+                start, new = [], ids[len(prompt_ids):]
+
+            def decode(part, item=item, prompt_ids=prompt_ids, start=start):
+                return text_of(pipe.records(item, prompt_ids, [start + part], **task_options)[0])
+
+            sequences.append(Sequence(decode(new), new, bool(new) and new[-1] in eos, decode))
+        out.append(sequences)
+    return out, sum(lengths)
 
 
 def open_stream(st, served: Served, prompt, options: dict, seed: int | None = None, defaults=(),

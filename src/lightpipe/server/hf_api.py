@@ -30,9 +30,8 @@ from starlette.requests import Request
 from ..tasks import normalize_task, pipeline_class
 from . import errors
 from .common import boolean, check_batch, embed, json_response, options_of, read_json, run, state, texts
-from .generate import (UNSUPPORTED, StopWatcher, cut_at_stop, finish_reason, generate, generation_options,
-                       open_stream, sampling, sse, sse_response, stops_of, stream_error, text_of, unsupported_error,
-                       until_stop)
+from .generate import (UNSUPPORTED, StopWatcher, finish_reason, generate, generate_sequences, generation_options,
+                       open_stream, sampling, sse, sse_response, stops_of, stream_error, unsupported_error, until_stop)
 from .registry import Served, check_ready, has_token_stream
 
 EMBEDDING_SHAPES = ("embedding", "similarity")  # what a model that can embed answers, whatever its task
@@ -244,13 +243,12 @@ async def text_generation(st, served: Served, body: dict):
         return tgi_stream(st, served, prompt, options, stop, seed)
     items, single = texts(body["inputs"])
     check_batch(st, len(items))
-    results, _ = await generate(st, served, items, options, seed)
+    results, _ = await generate_sequences(st, served, items, options, seed)
     out = []
-    for result in results:
-        text, stopped = cut_at_stop(text_of(result), stop)
+    for (sequence, *_) in results:  # TGI: one sequence a prompt
+        text, reason, n = sequence.finish(stop)
         entry = {"generated_text": text}
         if details:
-            reason, n = finish_reason(served, text, stopped, options)
             entry["details"] = {"finish_reason": reason, "generated_tokens": n, "seed": seed, "prefill": [], "tokens": []}
         out.append(entry)
     return json_response(out)

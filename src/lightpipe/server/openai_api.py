@@ -14,8 +14,8 @@ from starlette.requests import Request
 
 from . import errors
 from .common import check_batch, embed, json_response, positive_int, read_json, state
-from .generate import (OPENAI_FINISH_REASONS, StopWatcher, cut_at_stop, finish_reason, generate, generation_options,
-                       open_stream, sampling, sse, sse_response, stops_of, stream_error, text_of, until_stop)
+from .generate import (OPENAI_FINISH_REASONS, StopWatcher, finish_reason, generate_sequences, generation_options,
+                       open_stream, sampling, sse, sse_response, stops_of, stream_error, until_stop)
 
 # OpenAI's names for the pipeline options a generation request sets (for messages and `param`)
 NAMES = {"max_new_tokens": "max_tokens", "num_return_sequences": "n", "inputs": "prompt"}
@@ -208,15 +208,13 @@ async def complete(request: Request, chat: bool):
             raise errors.validation("stream=true takes one prompt and n=1", param="n")
         usage = include_usage(body)
         return stream_response(st, served, prompts[0], options, stop, seed, chat, rid, usage, defaults, names)
-    results, prompt_tokens = await generate(st, served, prompts, options, seed, defaults, names)
+    results, prompt_tokens = await generate_sequences(st, served, prompts, options, seed, defaults, names)
     choices, completion_tokens = [], 0
-    for result in results:
-        sequences = result if isinstance(result, list) else [result]
+    for sequences in results:
         if len(sequences) == 1 and n > 1:  # greedy: the one answer, n times
             sequences = sequences * n
         for seq in sequences[:n]:
-            text, stopped = cut_at_stop(text_of(seq), stop)
-            reason, used = finish_reason(served, text, stopped, options)
+            text, reason, used = seq.finish(stop)
             reason = OPENAI_FINISH_REASONS[reason]
             completion_tokens += used
             i = len(choices)
