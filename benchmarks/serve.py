@@ -98,7 +98,11 @@ async def load(url: str, route: str, model: str, texts: list[str], concurrency: 
             nonlocal errors
             for text in queue:
                 start = time.perf_counter()
-                r = await client.post(route, json=body(route, model, text))
+                try:
+                    r = await client.post(route, json=body(route, model, text))
+                except httpx.TransportError:  # a connection reset or timed out: an error, not the end of the run
+                    errors += 1
+                    continue
                 latencies.append(time.perf_counter() - start)
                 errors += r.status_code != 200
 

@@ -274,9 +274,21 @@ def test_slow_headers_are_cut_at_the_header_timeout(folders):
         s.sendall(b"GET /health HTTP/1.1\r\nHo")
         start = time.monotonic()
         assert s.recv(100) == b""
-        assert time.monotonic() - start < 4  # the header deadline, not the 5 s keep-alive
+        assert time.monotonic() - start < 4  # the header deadline, not the 30 s keep-alive
         s.close()
         assert http.get(srv.url + "/health").status_code == 200
+
+
+def test_idle_connections_outlive_the_clients_own_keep_alive():
+    """The server keeps an idle connection longer than httpx and the openai client keep theirs,
+    so a client never sends a request on a connection the server is closing at that moment."""
+    import openai._constants
+
+    from lightpipe.server.protocol import uvicorn_config
+
+    config = uvicorn_config(create_app([]), "127.0.0.1", 0, "warning")
+    clients = (httpx.Limits().keepalive_expiry, openai._constants.DEFAULT_CONNECTION_LIMITS.keepalive_expiry)
+    assert config.timeout_keep_alive >= 2 * max(clients)
 
 
 def test_oversized_bodies_are_413_before_and_while_reading(folders):

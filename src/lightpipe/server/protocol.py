@@ -14,7 +14,12 @@ import asyncio
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-KEEP_ALIVE_S = 5  # uvicorn's default: how long an idle kept-alive connection stays open
+# How long an idle kept-alive connection stays open: longer than the clients keep theirs (httpx
+# and the openai client drop an idle connection after 5 s, aiohttp after 15 s), so the client
+# always closes first. With uvicorn's 5 s, a client that reuses a connection just as the server
+# closes it gets a ReadError for a request the server never saw: under load that happened to
+# a few requests in every run of benchmarks/serve.py's 64 clients.
+KEEP_ALIVE_S = 30
 MAX_HEADER_BYTES = 16 * 1024
 
 
