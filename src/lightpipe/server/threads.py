@@ -5,7 +5,7 @@ and bound requests) on one thread and each served model's batches on a worker th
 each batch fans out over torch's intra-op threads. With torch's default (one thread per core)
 a busy model's threads take every core, and their OpenMP threads spin between the small
 batches a server runs: the event loop, which feeds the next batch, waits for a core. Leaving
-it one core is what keeps requests flowing (benchmarks/serve.py --threads measures it; the
+it one core is what keeps requests flowing (benchmarks/serve.py --threads-compare measures it; the
 numbers are in docs/server.md).
 """
 
