@@ -5,11 +5,11 @@ batching under concurrency (results equal to the direct pipeline's), loading, mo
 import base64
 import json
 import math
+import os
 import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -147,12 +147,12 @@ def wait_healthy(url, seconds=60):
 
 @pytest.fixture(scope="module")
 def server(folders):
-    """One server with nine pipelines, loaded by the server itself from `[TASK=]MODEL` specs.
+    """One server with nine pipelines, loaded by the server itself from `NAME=TASK=MODEL` specs.
     The embeddings model comes first: it is what `POST /` means for a plain text."""
-    specs = [MINILM, f"text-classification={folders['cls']}", f"ner={folders['ner']}",
-             f"question-answering={folders['qa']}", f"fill-mask={folders['mlm']}",
-             f"zero-shot-classification={folders['nli']}", f"text-generation={folders['gpt']}",
-             f"summarization={folders['sum']}", f"translation={folders['mt']}"]
+    specs = [MINILM, f"cls=text-classification={folders['cls']}", f"ner=ner={folders['ner']}",
+             f"qa=question-answering={folders['qa']}", f"mlm=fill-mask={folders['mlm']}",
+             f"nli=zero-shot-classification={folders['nli']}", f"gpt=text-generation={folders['gpt']}",
+             f"sum=summarization={folders['sum']}", f"mt=translation={folders['mt']}"]
     app = create_app(specs, max_client_batch_size=32, max_body_bytes=200_000)
     with start_in_thread(app) as running:
         running.app = app
@@ -161,7 +161,7 @@ def server(folders):
 
 
 def name(folders, key):
-    return Path(folders[key]).name  # the served id's folder name works as a short alias
+    return key  # the name the server fixture serves folders[key] under
 
 
 def post(server, path, body, **kw):
@@ -225,7 +225,7 @@ def test_inference_client_base_url_routes_by_request_shape(server, direct):
         with pytest.raises(HfHubHTTPError) as err:
             call()
         assert err.value.response.status_code == 400
-        assert "Served models" in str(err.value) and "cls0 (text-classification)" in str(err.value)
+        assert "Served models" in str(err.value) and "cls (text-classification)" in str(err.value)
         assert "/models/{name}" in str(err.value)
 
 
@@ -345,7 +345,7 @@ def test_inference_client_every_task_method(server, folders, direct):
     reply = direct["gpt"](chat, do_sample=False, max_new_tokens=8, return_full_text=False)[0]["generated_text"]
     for client in (InferenceClient(server.url), gpt):  # base URL (model "dummy"), per-model URL
         out = client.chat_completion(chat, max_tokens=8, temperature=0)
-        assert out.choices[0].message.content == reply and out.model == "gpt0"
+        assert out.choices[0].message.content == reply and out.model == "gpt"
         chunks = list(client.chat_completion(chat, max_tokens=8, temperature=0, stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply
 
@@ -388,7 +388,7 @@ def test_openai_client_every_call(server, folders, direct):
     assert cut.choices[0].message.content == text[:text.find(stop)] and cut.choices[0].finish_reason == "stop"
     done = client.completions.create(model=gpt, prompt=["Python lists are", "A class"], max_tokens=4, temperature=0)
     assert [c.index for c in done.choices] == [0, 1]
-    assert {m.id for m in client.models.list().data} >= {gpt, MINILM, "cls0"}
+    assert {m.id for m in client.models.list().data} >= {gpt, MINILM, "cls"}
 
     named = OpenAI(base_url=f"{server.url}/models/{gpt}/v1", api_key="-", max_retries=0)
     assert named.chat.completions.create(model="whatever", messages=chat, max_tokens=8,
@@ -588,12 +588,12 @@ def test_tei_tokenize_decode_and_embed_all(server, direct):
     ("/", {"parameters": {}}, 422, "validation"),
     ("/v1/embeddings", {"model": MINILM, "input": [1, 2, 10**9]}, 422, "validation"),
     ("/v1/embeddings", {"model": MINILM, "input": "x", "encoding_format": "int8"}, 422, "validation"),
-    ("/v1/embeddings", {"model": "gpt0", "input": "x"}, 422, "validation"),
+    ("/v1/embeddings", {"model": "gpt", "input": "x"}, 422, "validation"),
     ("/embed", {"inputs": ["x"] * 33}, 413, "payload_too_large"),
     ("/embed", {"inputs": "word " * 50_000}, 413, "payload_too_large"),
     ("/predict", {"inputs": "x", "nope": 1, "raw_scores": "yes"}, 422, "validation"),
     ("/v1/chat/completions", {"model": MINILM, "messages": [{"role": "user", "content": "hi"}]}, 422, "validation"),
-    ("/v1/chat/completions", {"model": "gpt0", "messages": [{"role": "user", "content": "hi"}], "logprobs": True},
+    ("/v1/chat/completions", {"model": "gpt", "messages": [{"role": "user", "content": "hi"}], "logprobs": True},
      400, "validation"),
     ("/v1/nowhere", {}, 404, "not_found"),
     ("/nowhere", {}, 404, "not_found"),
@@ -756,9 +756,11 @@ def test_health_is_503_while_loading_and_load_route(folders, monkeypatch):
 
         r = httpx.post(srv.url + "/api/load", json={"model": str(folders["cls"])})
         assert r.status_code in (200, 202)
+        loaded = r.json()["id"]  # a folder is served under its own name
+        assert loaded == os.path.basename(folders["cls"])
         while httpx.get(srv.url + "/info").json()["models"][-1]["status"] == "loading" and time.monotonic() < deadline + 20:
             time.sleep(0.05)
-        r = httpx.post(f"{srv.url}/models/{name(folders, 'cls')}", json={"inputs": "hello"})
+        r = httpx.post(f"{srv.url}/models/{loaded}", json={"inputs": "hello"})
         assert r.status_code == 200 and {d["label"] for d in r.json()[0]} == {"NEGATIVE", "POSITIVE"}
         bad = httpx.post(srv.url + "/api/load", json={"model": "x", "task": "no-such-task"})
         assert bad.status_code == 422 and "known tasks" in bad.json()["error"]

@@ -192,6 +192,13 @@ def test_public_names_never_a_path(folders, tmp_path):
             assert str(tmp_path) not in text and str(Path(folders["cls"]).parent) not in text, text[:300]
             assert "/tmp/" not in text
         assert long.status_code == 422 and "sst2-copy accepts at most" in long.json()["error"]
+        # a client that names a model by the folder it was given as is told its name
+        for path in (f"/models/{folders['other']}", f"/models/{folders['other']}/v1/chat/completions"):
+            by_folder = http.post(srv.url + path, json={"inputs": "x", "messages": [{"role": "user", "content": "x"}]})
+            message = by_folder.json()["error"]
+            message = message["message"] if isinstance(message, dict) else message
+            assert by_folder.status_code == 404 and message.startswith("that folder is served as 'sst2-copy'"), message
+            assert "/tmp/" not in by_folder.text
     with pytest.raises(ValueError, match="two models would be served as 'x'"):
         create_app([f"x={folders['cls']}", f"x={folders['other']}"])
 
