@@ -1,12 +1,19 @@
-"""Serving benchmark: embeddings requests/s and p50/p99 latency under concurrency, with dynamic
-batching vs one request at a time (--max-batch-tokens 1: every batch is a single request).
+"""Serving benchmark: requests/s and p50/p99 latency under concurrency.
+
+Default run: embeddings with dynamic batching vs one request at a time (--max-batch-tokens 1:
+every batch is a single request). `--threads-compare`: a bounded loopback load test of 64
+concurrent clients on classification and embeddings, with torch's default intra-op threads
+(one per core; also with OMP_WAIT_POLICY=PASSIVE), lightpipe's `serve` default (all cores but
+one) and one thread — the oversubscription measurement behind `--threads`' default.
 
 Each configuration runs `lightpipe serve` in its own process; the load comes from this one
 (asyncio + httpx), one sentence per request, so the server's worker sees what real clients
-send. Prints a markdown table.
+send. Prints a markdown table, with the machine's load average (other processes' load skews
+every number).
 
     python benchmarks/serve.py                       # all-MiniLM-L6-v2 (embedded), 32 clients
     python benchmarks/serve.py --requests 1000 --concurrency 64 --route /v1/embeddings
+    python benchmarks/serve.py --threads-compare     # 64 clients, classification + embeddings, 4 thread settings
     python benchmarks/serve.py --device cuda --concurrency 128 --requests 4096 --client-procs 6
     OMP_NUM_THREADS=2 python benchmarks/serve.py --server-cpus 0,1 --client-procs 2   # a 2-core server on a bigger box
 """
@@ -48,15 +55,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args, max_batch_tokens: int) -> tuple[subprocess.Popen, str]:
+def start_server(args, max_batch_tokens: int, model: str | None = None, extra: tuple = (),
+                 env: dict | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "lightpipe.cli", "serve", "--model", args.model, "--port", str(port),
-           "--max-batch-tokens", str(max_batch_tokens), "--max-concurrent-requests", "4096", "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "lightpipe.cli", "serve", "--model", model or args.model, "--port", str(port),
+           "--max-batch-tokens", str(max_batch_tokens), "--max-concurrent-requests", "4096", "--log-level", "warning",
+           *extra]
     if args.device:
         cmd += ["--device", args.device]
     if args.server_cpus:  # pin the server (e.g. "0,1") so the load generator doesn't share its cores
         cmd = ["taskset", "-c", args.server_cpus, *cmd]
-    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")})
+    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -73,7 +82,7 @@ def start_server(args, max_batch_tokens: int) -> tuple[subprocess.Popen, str]:
 
 
 def body(route: str, model: str, text: str) -> dict:
-    if route == "/v1/embeddings":
+    if route.endswith("/v1/embeddings"):
         return {"model": model, "input": text, "encoding_format": "float"}
     return {"inputs": text}
 
@@ -89,7 +98,11 @@ async def load(url: str, route: str, model: str, texts: list[str], concurrency: 
             nonlocal errors
             for text in queue:
                 start = time.perf_counter()
-                r = await client.post(route, json=body(route, model, text))
+                try:
+                    r = await client.post(route, json=body(route, model, text))
+                except httpx.TransportError:  # a connection reset or timed out: an error, not the end of the run
+                    errors += 1
+                    continue
                 latencies.append(time.perf_counter() - start)
                 errors += r.status_code != 200
 
@@ -155,6 +168,78 @@ def run_config(label: str, args, max_batch_tokens: int, concurrency: int, texts:
             "batch": batch}
 
 
+# -- --threads-compare: 64 clients, classification and embeddings, four thread settings ----------
+
+def classification_checkpoint(folder) -> str:
+    """all-MiniLM-L6-v2's encoder with a seeded random 2-label head: a real-sized BERT classifier
+    built offline (the embedded model is the only checkpoint a fresh machine has)."""
+    import shutil
+    import warnings
+
+    import torch
+    import transformers
+
+    from lightpipe.hub import resolve
+
+    source = resolve(MINILM)
+    folder = os.path.join(folder, "minilm-sst2")
+    if not os.path.isdir(folder):
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = transformers.BertForSequenceClassification.from_pretrained(
+                source, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
+        model.save_pretrained(folder)
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            if os.path.exists(os.path.join(source, name)):
+                shutil.copy(os.path.join(source, name), folder)
+    return folder
+
+
+def threads_compare(args, texts: list[str]) -> None:
+    import tempfile
+
+    import torch
+
+    from lightpipe.server.threads import usable_cores
+
+    cores = usable_cores()
+    every = str(torch.get_num_threads())
+    settings = [(f"torch's default ({every}, one per core)", ["--threads", every], {}),
+                (f"torch's default ({every}), OMP_WAIT_POLICY=PASSIVE", ["--threads", every],
+                 {"OMP_WAIT_POLICY": "PASSIVE"}),  # OpenMP threads sleep between regions instead of spinning
+                ("lightpipe's default (all cores but one)", [], {}),
+                ("1 thread", ["--threads", "1"], {})]
+    folder = classification_checkpoint(args.work_dir or tempfile.mkdtemp(prefix="lightpipe-bench-"))
+    tasks = [("classification", f"cls={folder}", "/models/cls", "cls"),
+             ("embeddings", MINILM, "/v1/embeddings", MINILM)]
+    rows = []
+    for task, spec, route, name in tasks:
+        for label, extra, env in settings:
+            proc, url = start_server(args, args.max_batch_tokens, spec, extra, env)
+            try:
+                asyncio.run(load(url, route, name, texts[:args.warmup], args.concurrency))  # warm-up
+                before = os.getloadavg()[0]
+                latencies, wall, errors = asyncio.run(load(url, route, name, texts, args.concurrency))
+                after = os.getloadavg()[0]
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+            rows.append({"task": task, "threads": label, "requests": len(texts), "errors": errors,
+                         "rps": len(texts) / wall, "p50": percentile(latencies, 0.5) * 1000,
+                         "p99": percentile(latencies, 0.99) * 1000, "load": f"{before:.1f} → {after:.1f}"})
+            r = rows[-1]
+            print(f"{task}, {label}: {r['rps']:.1f} req/s, p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms, "
+                  f"load {r['load']}", file=sys.stderr)
+    print(f"\n{args.concurrency} concurrent clients, one sentence per request, {len(texts)} requests per row; "
+          f"{cores} usable cores ({platform.machine()}), torch {torch.__version__}\n")
+    print("| task | torch intra-op threads | req/s | p50 ms | p99 ms | errors | load average (1 min) |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['task']} | {r['threads']} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['errors']} | "
+              f"{r['load']} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=MINILM)
@@ -168,10 +253,18 @@ def main() -> None:
                         help="load-generating processes (one Python HTTP client tops out at a few hundred req/s)")
     parser.add_argument("--skip-single", action="store_true", help="skip the single-client reference run")
     parser.add_argument("--server-cpus", help="run the server under taskset -c CPUS, e.g. 0,1")
+    parser.add_argument("--threads-compare", action="store_true",
+                        help="64 clients on classification and embeddings with four intra-op thread settings")
+    parser.add_argument("--work-dir", help="--threads-compare: where to keep the classification checkpoint it builds")
     args = parser.parse_args()
+    if args.threads_compare and "--concurrency" not in sys.argv:
+        args.concurrency = 64
 
     texts = sentences(args.requests)
     texts = (texts * (args.requests // max(len(texts), 1) + 1))[:args.requests]
+    if args.threads_compare:
+        threads_compare(args, texts)
+        return
     rows = [
         run_config("one request at a time (--max-batch-tokens 1)", args, 1, args.concurrency, texts),
         run_config(f"dynamic batching (--max-batch-tokens {args.max_batch_tokens})", args, args.max_batch_tokens,

@@ -139,7 +139,7 @@ def docs_world(tmp_path_factory):
         mp.chdir(work)
         import lightpipe.server
 
-        def serve_in_thread(models, host="127.0.0.1", port=8000, log_level="info", **settings):
+        def serve_in_thread(models, host="127.0.0.1", port=8000, log_level="info", threads=None, **settings):
             """What `lightpipe serve` runs, on a free port and in a thread instead of the foreground."""
             running = lightpipe.server.start_in_thread(lightpipe.server.create_app(models, **settings), host=host)
             servers.append(running)

@@ -287,9 +287,9 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = fresh.root / "server.log"
-        self.models = {"emb": MINILM, "cls": folders["cls"], "chat": folders["chat"]}
-        args = ["serve", "--model", MINILM, "--model", f"text-classification={folders['cls']}",
-                "--model", f"text-generation={folders['chat']}", "--port", self.port, "--log-level", "warning"]
+        self.models = {"emb": MINILM, "cls": "cls", "chat": "chat"}  # the names clients use
+        args = ["serve", "--model", MINILM, "--model", f"cls=text-classification={folders['cls']}",
+                "--model", f"chat=text-generation={folders['chat']}", "--port", self.port, "--log-level", "warning"]
         with open(self.log, "w") as log:
             report = fresh.new_report("server")
             self.proc = subprocess.Popen([*lightpipe_command(), *map(str, args)], env=fresh.env(report),

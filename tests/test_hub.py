@@ -53,6 +53,19 @@ def test_first_download_fills_the_hf_cache(hub_server):
     assert len(hub_server.requests) == before
 
 
+def test_downloads_at_once_keep_tqdm_lock(hub_server, monkeypatch):
+    """huggingface_hub's snapshot_download (tqdm's thread_map) deletes tqdm's class lock after
+    it when none existed before, under any other download running then: the server's parallel
+    loads failed with "type object 'tqdm' has no attribute '_lock'". The lock must outlive a
+    download."""
+    from tqdm import tqdm
+
+    monkeypatch.delattr(tqdm, "_lock", raising=False)
+    hub_server.add("org/tiny", tiny_repo())
+    hub.resolve("org/tiny")
+    assert "_lock" in vars(tqdm)
+
+
 def test_cached_model_loads_with_the_server_stopped(hub_server):
     hub_server.add("org/tiny", tiny_repo())
     folder = hub.download("org/tiny")

@@ -74,9 +74,10 @@ def served(tmp_path_factory):
     }
     chat = mk("chat")  # Llama 3's tokenizer conventions and chat template
     folders["chat"] = causal_lm_checkpoint(chat, "llama", llama3_tokenizer(chat))
-    app = create_app([MINILM, f"text-classification={folders['cls']}", f"ner={folders['ner']}",
-                      f"question-answering={folders['qa']}", f"text-generation={folders['gpt']}",
-                      f"translation={folders['mt']}", f"text-generation={folders['chat']}"])
+    # served under their names (cls, ner, ...); the folders are for the reference pipelines
+    app = create_app([MINILM, f"cls=text-classification={folders['cls']}", f"ner=ner={folders['ner']}",
+                      f"qa=question-answering={folders['qa']}", f"gpt=text-generation={folders['gpt']}",
+                      f"mt=translation={folders['mt']}", f"chat=text-generation={folders['chat']}"])
     with start_in_thread(app) as running:
         deadline = time.monotonic() + 60
         while httpx.get(running.url + "/health").status_code != 200:
@@ -117,7 +118,7 @@ def test_playground_in_chromium(browser, served, tmp_path, hub_server):
     wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#pipeline option")) == 7)
 
     # text-classification: one score bar per label, best first
-    choose(browser, folders["cls"])
+    choose(browser, "cls")
     text = "I've been waiting for a HuggingFace course my whole life."
     type_into(browser, "text", text)
     rows = run(browser, shots, "classification", lambda d: d.find_elements(By.CSS_SELECTOR, "#result .bar-row"))
@@ -126,7 +127,7 @@ def test_playground_in_chromium(browser, served, tmp_path, hub_server):
     assert rows[0].find_element(By.CLASS_NAME, "score").text == f"{expected[0]['score']:.3f}"
 
     # token-classification: entity spans highlighted in the text
-    choose(browser, folders["ner"])
+    choose(browser, "ner")
     sentence = "My name is Sylvain and I work at Hugging Face in Brooklyn."
     type_into(browser, "text", sentence)
     run(browser, shots, "ner", lambda d: d.find_elements(By.CSS_SELECTOR, "#result .text-box"))
@@ -136,7 +137,7 @@ def test_playground_in_chromium(browser, served, tmp_path, hub_server):
     assert browser.find_element(By.CSS_SELECTOR, "#result .text-box").text.replace("\n", "").count("Brooklyn") == 1
 
     # question-answering: the answer highlighted in its context
-    choose(browser, folders["qa"])
+    choose(browser, "qa")
     type_into(browser, "question", "Where do I work?")
     type_into(browser, "context", "My name is Sylvain and I work at Hugging Face in Brooklyn.")
     mark = run(browser, shots, "qa", lambda d: d.find_element(By.CSS_SELECTOR, "#result mark.answer"))
@@ -153,7 +154,7 @@ def test_playground_in_chromium(browser, served, tmp_path, hub_server):
     assert [c.text for c in cells] == [f"{s:.3f}" for s in scores]
 
     # text generation: tokens stream into the page (the model has a chat template: plain text is the second mode)
-    choose(browser, folders["gpt"])
+    choose(browser, "gpt")
     assert browser.find_element(By.ID, "mode-chat").is_selected()
     browser.find_element(By.ID, "mode-text").click()
     type_into(browser, "text", "The assert statement")
@@ -362,9 +363,9 @@ def unfilter(kind: int, row: bytearray, previous: bytearray, bpp: int) -> None:
 def test_chat_mode_streams_a_conversation(browser, served, tmp_path):
     server, folders = served
     models = {m["id"]: m for m in httpx.get(server.url + "/info").json()["models"]}
-    assert models[folders["chat"]]["chat"] is True and models[folders["mt"]]["chat"] is False
+    assert models["chat"]["chat"] is True and models["mt"]["chat"] is False
     open_page(browser, server)
-    choose(browser, folders["chat"])
+    choose(browser, "chat")
     assert browser.find_element(By.ID, "mode-chat").is_selected()
     assert browser.find_element(By.ID, "run").text == "Send"
     assert not browser.find_elements(By.ID, "text")  # no plain text box in chat mode
@@ -377,7 +378,7 @@ def test_chat_mode_streams_a_conversation(browser, served, tmp_path):
     type_into(browser, "seed", "3")
     first = send_message(browser, "What does the assert statement do?", turns=1)
     body = last_body(browser, "/v1/chat/completions")
-    assert body == {"model": folders["chat"], "stream": True, "max_tokens": 12, "seed": 3,
+    assert body == {"model": "chat", "stream": True, "max_tokens": 12, "seed": 3,
                     "messages": [{"role": "system", "content": "Answer in one word."},
                                  {"role": "user", "content": "What does the assert statement do?"}]}
     assert first and first == chat_completion(server, body)
@@ -425,7 +426,7 @@ def test_stop_aborts_a_streamed_reply(browser, served):
     server, folders = served
     open_page(browser, server)
     browser.execute_script(SLOW_CHAT_STREAM, 250)
-    choose(browser, folders["chat"])
+    choose(browser, "chat")
     type_into(browser, "max_new_tokens", "40")
     type_into(browser, "temperature", "0")
     type_into(browser, "chat-input", "Tell me about the for statement.")
@@ -448,7 +449,7 @@ def test_stop_aborts_a_streamed_reply(browser, served):
 def test_generation_parameters_are_sent_only_when_set(browser, served):
     server, folders = served
     open_page(browser, server)
-    choose(browser, folders["chat"])
+    choose(browser, "chat")
     browser.find_element(By.ID, "mode-text").click()
     type_into(browser, "text", "The assert statement")
     for name in ("temperature", "top_p", "top_k", "repetition_penalty", "seed"):
@@ -461,7 +462,7 @@ def test_generation_parameters_are_sent_only_when_set(browser, served):
         wait(browser, lambda d: idle(d) and d.find_elements(By.CSS_SELECTOR, "#generated, #result .error"))
         errors = browser.find_elements(By.CSS_SELECTOR, "#result .error")
         assert not errors, errors[0].text
-        body = last_body(browser, folders["chat"])
+        body = last_body(browser, "/models/chat")
         prompt = text_of(browser.find_element(By.CSS_SELECTOR, "#generated .prompt"))
         return body, text_of(browser.find_element(By.ID, "generated"))[len(prompt):]
 
@@ -477,7 +478,7 @@ def test_generation_parameters_are_sent_only_when_set(browser, served):
     type_into(browser, "seed", "5")
     body, text = generate()  # a temperature above 0 samples
     assert body["parameters"] == {"max_new_tokens": 8, "temperature": 0.7, "do_sample": True, "top_k": 20, "seed": 5}
-    r = httpx.post(server.url + "/models/" + folders["chat"], json=body, timeout=60)
+    r = httpx.post(server.url + "/models/chat", json=body, timeout=60)
     assert text == r.json()[0]["generated_text"]
 
     type_into(browser, "temperature", "0")
@@ -493,9 +494,9 @@ def test_language_fields_for_a_multilingual_translation_model(browser, served, t
 
     server, folders = served
     open_page(browser, server)
-    choose(browser, folders["cls"])
+    choose(browser, "cls")
     assert not browser.find_elements(By.ID, "src_lang")  # only where the model needs them
-    choose(browser, folders["mt"])
+    choose(browser, "mt")
     codes = list(AutoTokenizer.from_pretrained(folders["mt"]).lang_code_to_id)  # mBART-50's 52 codes
     for name, default in (("src_lang", "en_XX"), ("tgt_lang", "fr_XX")):  # the pair the tokenizer was saved with
         select = Select(browser.find_element(By.ID, name))
@@ -506,7 +507,7 @@ def test_language_fields_for_a_multilingual_translation_model(browser, served, t
     type_into(browser, "text", text)
     type_into(browser, "max_new_tokens", "10")
     box = run(browser, tmp_path, "translation", lambda d: d.find_element(By.CSS_SELECTOR, "#result #generated"))
-    body = last_body(browser, folders["mt"])
+    body = last_body(browser, "/models/mt")
     assert body["parameters"] == {"src_lang": "en_XX", "tgt_lang": "de_DE",
                                   "generate_parameters": {"max_new_tokens": 10, "num_beams": 1}}
     expected = pipeline("translation", model=folders["mt"])(text, src_lang="en_XX", tgt_lang="de_DE", max_new_tokens=10,
@@ -523,16 +524,16 @@ def test_language_fields_for_a_multilingual_translation_model(browser, served, t
 def test_truncation_toggle(browser, served):
     server, folders = served
     open_page(browser, server)
-    choose(browser, folders["cls"])
+    choose(browser, "cls")
     type_into(browser, "text", LONG)
     browser.find_element(By.ID, "run").click()  # off: a too-long input is refused, as the API does
     error = wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#result .error"))
     assert "truncation" in error.text and "422" in error.text
-    assert "truncation" not in last_body(browser, folders["cls"]).get("parameters", {})
+    assert "truncation" not in last_body(browser, "/models/cls").get("parameters", {})
     browser.find_element(By.ID, "truncation").click()
     browser.find_element(By.ID, "run").click()
     rows = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#result .bar-row"))
-    assert last_body(browser, folders["cls"])["parameters"] == {"truncation": True}
+    assert last_body(browser, "/models/cls")["parameters"] == {"truncation": True}
     expected = pipeline("text-classification", model=folders["cls"])(LONG, truncation=True, top_k=None)
     assert [r.find_element(By.CLASS_NAME, "score").text for r in rows] == [f"{e['score']:.3f}" for e in expected]
 
@@ -542,7 +543,7 @@ def test_truncation_toggle(browser, served):
     browser.find_element(By.ID, "run").click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#result table.sim"))
     assert last_body(browser, "/models/" + MINILM)["parameters"] == {"truncate": True}
-    choose(browser, folders["qa"])  # question answering splits long contexts itself: no toggle
+    choose(browser, "qa")  # question answering splits long contexts itself: no toggle
     assert not browser.find_elements(By.ID, "truncation")
 
 
@@ -573,7 +574,7 @@ def test_no_chat_mode_without_a_chat_template(browser, tmp_path):
         (entry,) = httpx.get(server.url + "/info").json()["models"]
         assert entry["chat"] is False and entry["streaming"] is True
         open_page(browser, server, models=1)
-        choose(browser, str(folder))
+        choose(browser, "plain")  # a folder is served under its own name
         assert browser.find_elements(By.ID, "text") and browser.find_elements(By.ID, "temperature")
         assert not browser.find_elements(By.ID, "mode-chat") and not browser.find_elements(By.ID, "messages")
         assert browser.find_element(By.ID, "run").text == "Run"

@@ -153,14 +153,53 @@ def cmd_serve(args) -> None:
     from .hub import resolve
     from .server.registry import parse_model_spec
 
+    if args.allow_load_local and not args.allow_load:
+        raise ValueError("--allow-load-local goes with --allow-load")
     if not args.model and not args.allow_load:
-        raise ValueError("give at least one --model [TASK=]MODEL (or --allow-load to load models from the playground)")
-    for spec in args.model or []:  # fail now, clearly, on a model that can't be found; weights load in the background
-        resolve(parse_model_spec(spec)[1])
-    serve(args.model or [], host=args.host, port=args.port, log_level=args.log_level,
+        raise ValueError("give at least one --model [NAME=][TASK=]MODEL (or --allow-load to load models from the "
+                         "playground)")
+    specs = [parse_model_spec(spec) for spec in args.model or []]
+    for spec in specs:  # fail now, clearly, on a model that can't be found; weights load in the background
+        resolve(spec.model, spec.revision or args.revision)
+    serve(specs, host=args.host, port=args.port, log_level=args.log_level, threads=args.threads,
           max_batch_tokens=args.max_batch_tokens, max_concurrent_requests=args.max_concurrent_requests,
           max_client_batch_size=args.max_client_batch_size, max_body_bytes=args.max_body_bytes,
-          allow_load=args.allow_load, device=args.device)
+          max_input_tokens=args.max_input_tokens, max_total_tokens=args.max_total_tokens,
+          max_sequences=args.max_sequences, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+          shutdown_timeout=args.shutdown_timeout, api_keys=api_keys(args), cors_origins=args.cors_origin or [],
+          allow_load=args.allow_load, allow_load_local=args.allow_load_local, max_models=args.max_models,
+          device=args.device, dtype=args.dtype, quantize=args.quantize, revision=args.revision)
+
+
+API_KEY_ENV = "LIGHTPIPE_API_KEY"
+
+
+def api_keys(args) -> list[str]:
+    """--api-key, the lines of --api-key-file (blank lines and # comments skipped), and
+    $LIGHTPIPE_API_KEY: any of them opens the API."""
+    keys = list(args.api_key or [])
+    if args.api_key_file:
+        with open(args.api_key_file, encoding="utf-8") as f:
+            keys += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        if not keys:
+            raise ValueError(f"--api-key-file {args.api_key_file} holds no key")
+    if os.environ.get(API_KEY_ENV, "").strip():
+        keys.append(os.environ[API_KEY_ENV].strip())
+    for key in keys:
+        if len(key) < 8 or any(c.isspace() for c in key):
+            raise ValueError("an API key must be at least 8 characters, without spaces")
+    return keys
+
+
+def positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 class Parser(argparse.ArgumentParser):
@@ -244,20 +283,51 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     serve = sub.add_parser("serve", help="HTTP server (HF Inference API, OpenAI, TEI routes) and browser playground")
-    serve.add_argument("--model", action="append", metavar="[TASK=]MODEL",
-                       help="a model to serve, optionally with its task (repeatable)")
+    serve.add_argument("--model", action="append", metavar="[NAME=][TASK=]MODEL[@REVISION]",
+                       help="a model to serve (repeatable): a Hub id or a local folder, optionally with the name "
+                            "clients use (default: the Hub id, or the folder's name), its task and a Hub revision")
+    serve.add_argument("--revision", help="Hub revision of every --model given without @REVISION")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-batch-tokens", type=int, default=16384,
-                       help="input tokens coalesced into one batch across concurrent requests (default: 16384)")
-    serve.add_argument("--max-concurrent-requests", type=int, default=512,
-                       help="inference requests in flight; beyond it: 429 (default: 512)")
-    serve.add_argument("--max-client-batch-size", type=int, default=32,
-                       help="inputs in one request; beyond it: 413 (default: 32)")
-    serve.add_argument("--max-body-bytes", type=int, default=2 * 1024 * 1024,
-                       help="request body size; beyond it: 413 (default: 2 MiB)")
-    serve.add_argument("--allow-load", action="store_true", help="let the playground load Hub models by id")
     serve.add_argument("--device", help="cpu, cuda, cuda:1")
+    serve.add_argument("--dtype", help="float32, bfloat16, float16 or auto (the checkpoint's)")
+    serve.add_argument("--quantize", choices=["int8"], help="int8: weight-only int8 linear layers")
+    serve.add_argument("--threads", type=positive(int),
+                       help="torch intra-op threads per batch (default: all cores but one, for the event loop)")
+    limits = serve.add_argument_group("limits (beyond them: 4xx)")
+    limits.add_argument("--max-batch-tokens", type=positive(int), default=16384,
+                        help="input tokens coalesced into one batch across concurrent requests (default: 16384)")
+    limits.add_argument("--max-concurrent-requests", type=positive(int), default=512,
+                        help="inference requests in flight, counted once their body is in; beyond: 429 (default: 512)")
+    limits.add_argument("--max-client-batch-size", type=positive(int), default=2048,
+                        help="inputs in one request; beyond: 413 (default: 2048, OpenAI's embeddings batch)")
+    limits.add_argument("--max-body-bytes", type=positive(int), default=8 * 1024 * 1024,
+                        help="request body size; beyond: 413 (default: 8 MiB)")
+    limits.add_argument("--max-input-tokens", type=positive(int),
+                        help="generation: prompt tokens; beyond: 422 (default: the model's context less one)")
+    limits.add_argument("--max-total-tokens", type=positive(int),
+                        help="generation: prompt + new tokens (new tokens for encoder-decoders); beyond: 422 "
+                             "(default and ceiling: the model's context)")
+    limits.add_argument("--max-sequences", type=positive(int), default=8,
+                        help="n / num_return_sequences / num_beams / best_of per prompt; beyond: 422 (default: 8)")
+    limits.add_argument("--header-timeout", type=positive(float), default=10.0,
+                        help="seconds for a request's headers; then the connection is closed (default: 10)")
+    limits.add_argument("--body-timeout", type=positive(float), default=30.0,
+                        help="seconds for a request's body; then 408 (default: 30)")
+    limits.add_argument("--shutdown-timeout", type=positive(float), default=30.0,
+                        help="seconds open requests get after SIGTERM before they are cancelled (default: 30)")
+    access = serve.add_argument_group("access")
+    access.add_argument("--api-key", action="append", metavar="KEY",
+                        help=f"require `Authorization: Bearer KEY` (repeatable; also ${API_KEY_ENV}); /health stays open")
+    access.add_argument("--api-key-file", metavar="FILE", help="API keys, one per line")
+    access.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                        help="a browser origin allowed to call the API, e.g. https://app.example.com (repeatable; "
+                             "default: none)")
+    access.add_argument("--allow-load", action="store_true", help="let the playground load Hub models by id")
+    access.add_argument("--allow-load-local", action="store_true",
+                        help="with --allow-load: also folders on the server (anyone who can reach the API picks one)")
+    access.add_argument("--max-models", type=positive(int), default=16,
+                        help="models held at once, failed loads included until cleared (default: 16)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
     return parser

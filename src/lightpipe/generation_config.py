@@ -118,6 +118,14 @@ class GenerationConfig:
             raise ValueError(
                 f"`num_return_sequences` (={self.num_return_sequences}) must be <= `num_beams` (={self.num_beams})"
             )
+        for name in ("eos_token_id", "forced_eos_token_id"):
+            ids = getattr(self, name)
+            values = ids.tolist() if hasattr(ids, "tolist") else ids  # a tensor or array, as transformers takes them
+            if ids is not None and not (
+                _is_token_id(values)
+                or (isinstance(values, (list, tuple)) and values and all(_is_token_id(t) for t in values))
+            ):
+                raise ValueError(f"`{name}` must be a token id or a non-empty list of token ids, got {ids!r}")
         if self.bad_words_ids is not None and (
             not isinstance(self.bad_words_ids, list)
             or not self.bad_words_ids
@@ -154,3 +162,7 @@ def pipeline_generation_config(folder, config: dict, task: str, pipeline_default
     if generation.pad_token_id is None and pad_token_id is not None:
         generation = generation.merge(pad_token_id=pad_token_id)
     return generation, prefix
+
+
+def _is_token_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -41,11 +41,12 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def resolve(model: str | os.PathLike, revision: str | None = None, *, allow_pickle: bool = False,
-            token=None, endpoint: str | None = None) -> Path:
-    """The local folder holding `model` (a folder path or a Hub id) at `revision`."""
-    local = _local_folder(model)
-    if local is not None:
-        return local
+            token=None, endpoint: str | None = None, local: bool = True) -> Path:
+    """The local folder holding `model` (a folder path or a Hub id) at `revision`. With
+    local=False, `model` is a Hub id only: a folder of that name on this machine is not looked at
+    (the server's /api/load, where a client names the model)."""
+    if local and (folder := _local_folder(model)) is not None:
+        return folder
     model = str(model)
     cache = cache_dir()
     cached = _cached_snapshot(model, revision, cache)
@@ -184,6 +185,7 @@ def _download(model: str, revision: str | None, allow_pickle: bool, token, endpo
                                     lambda name: Path(hf_hub_download(model, name, revision=info.sha, **kwargs)))
     # exact names, not patterns: a shard may be called anything
     patterns = SUPPORT_FILES + (PICKLED_MODULE_WEIGHTS if allow_pickle else []) + [glob.escape(name) for name in weights]
+    _keep_tqdm_lock()
     with _hub_errors(model, revision, where, cache, cached):
         # revision (not info.sha) so that refs/<revision> is written and later found offline
         folder = Path(snapshot_download(model, revision=revision, allow_patterns=patterns,
@@ -191,6 +193,16 @@ def _download(model: str, revision: str | None, allow_pickle: bool, token, endpo
     if not _complete(folder, allow_pickle, model):
         raise ModelNotFoundError(f"download of {model!r} into {folder} is incomplete (config.json or weights missing)")
     return folder
+
+
+def _keep_tqdm_lock() -> None:
+    """snapshot_download runs tqdm's thread_map, which deletes tqdm's class lock when it ends if
+    no lock existed when it began: two downloads at once (the server loads its models in
+    parallel) then fail with "type object 'tqdm' has no attribute '_lock'". A lock made
+    beforehand is kept."""
+    from tqdm import tqdm
+
+    tqdm.get_lock()
 
 
 @contextlib.contextmanager

@@ -109,10 +109,29 @@ class FeatureExtractionPipeline(EncoderPipeline):
     # -- texts → rows → vectors: shared by the call, embed() and sentence-similarity ------
 
     def encode_texts(self, texts: list, truncation=False, pooling=None, prompt="", **options) -> list:
+        if texts and all(isinstance(t, list) for t in texts):
+            return self.encode_ids(texts, truncation, pooling)
         texts = [check_text(t) for t in texts]
         if pooling == "auto":
             return self.sentence_model.encode(texts, prompt, truncation=truncation)
         return self.encode(texts, truncation=truncation)
+
+    def encode_ids(self, inputs: list[list[int]], truncation=False, pooling=None) -> list:
+        """Token ids of the model's own vocabulary, used as given (no special tokens added, no
+        prompt): rows for the model, cut at (or refused beyond) the length it embeds."""
+        vocab = self.config.get("vocab_size") or len(self.tokenizer.get_vocab())
+        limit = self.sentence_model.max_seq_length if pooling == "auto" else self.max_input_tokens
+        rows = []
+        for i, ids in enumerate(inputs):
+            if not ids or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in ids):
+                raise ValueError(f"input {i} must be a non-empty list of token ids in [0, {vocab}), got {ids!r:.80}")
+            if len(ids) > limit:
+                if not truncation:
+                    raise ValueError(f"input {i} has {len(ids)} tokens but {self.model_id or 'the model'} embeds at "
+                                     f"most {limit}; pass truncation=True to cut it")
+                ids = ids[:limit]
+            rows.append(TokenIds(list(ids)))
+        return rows
 
     def vector(self, hidden: torch.Tensor, pooling=None, normalize=False, return_tensors=False, prompt_length=None,
                truncate_dim=None, **options):
@@ -137,13 +156,27 @@ class FeatureExtractionPipeline(EncoderPipeline):
     def postprocess(self, rows, outputs, **options):
         return self.vector(outputs[0], **options)
 
-    def embed(self, texts: list[str], pooling: str = "auto", normalize: bool = True, **options) -> torch.Tensor:
-        """(N, D) sentence embeddings: the batch API the server and zero-shot use."""
+    def embed(self, texts: list, pooling: str = "auto", normalize: bool = True, **options) -> torch.Tensor:
+        """(N, D) sentence embeddings: the batch API the server and zero-shot use. `texts` may
+        instead be lists of token ids (used as given: no prompt, no special tokens added)."""
         given = {"pooling": pooling, "normalize": normalize, "return_tensors": True, **options}
         check_known(given, EMBED_OPTIONS, "embed()")
+        ids = bool(texts) and all(isinstance(t, list) for t in texts)
+        if ids and (options.get("prompt") or options.get("prompt_name")):
+            raise ValueError("prompt and prompt_name need texts; token ids are embedded as given")
         options = self.prepare(self.with_defaults(check_embedding_options(given)))
+        if ids:
+            options = {**options, "prompt": "", "prompt_length": None}
         rows = self.encode_texts(list(texts), **options)
         return torch.stack([self.vector(out, **options) for out in self.forward_rows(rows, **options)])
+
+
+class TokenIds:
+    """A row of given token ids (what the batcher reads of a tokenizers.Encoding)."""
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+        self.type_ids = [0] * len(ids)
 
 
 class SentenceSimilarityPipeline(FeatureExtractionPipeline):

@@ -14,6 +14,8 @@ in input order.
 
 from __future__ import annotations
 
+import torch
+
 from ..generation import Engine, Handle
 from ..generation.engine import KV_BUDGET_TOKENS
 from ..generation_config import GenerationConfig, pipeline_generation_config
@@ -98,6 +100,7 @@ class GenerationPipeline(Pipeline):
                 raise ValueError("an empty prompt starts from the model's bos_token_id, and this model has none; "
                                  "give at least one token of prompt")
             prompt = [config.bos_token_id]
+        self.check_memory(1, len(prompt), config)
         return engine.submit(prompt, config, decode=self.tokenizer.decode, **extra)
 
     def generate(self, prompts: list[list[int]], config: GenerationConfig, batch_size=None) -> list[list[list[int]]]:
@@ -128,6 +131,33 @@ class GenerationPipeline(Pipeline):
         width = max(len(t) for t in handle.tokens)
         return [handle.start[:1] + t + [fill] * (width - len(t)) for t in handle.tokens]
 
+    def check_memory(self, n_prompts: int, longest: int, config: GenerationConfig) -> None:
+        """Refuse a length whose key/value cache can't fit in the memory free now (the engine
+        allocates it for the whole length before the first step), rather than fail deep in torch.
+        A default length is never this large; a caller's max_new_tokens=10**9 is."""
+        asked = config.max_new_tokens if config.max_new_tokens is not None else config.max_length
+        if not asked or asked <= 4096:
+            return
+        length = (0 if self.encoder_decoder else longest) + asked
+        hard = getattr(self.model, "max_positions", None)
+        if hard is not None:
+            length = min(length, hard + 1)  # the engine stops at a learned position table's end
+        rows = n_prompts * max(config.num_beams, config.num_return_sequences)
+        needed = rows * length * (self._kv_bytes_per_position() + 16)  # + the token buffers (int64)
+        free = free_memory(self.device)
+        if free is not None and needed > free:
+            raise ValueError(f"max_new_tokens={asked} needs about {needed / 2**30:.1f} GiB of key/value cache for "
+                             f"{rows} sequence(s) of {length} positions, more than the {free / 2**30:.1f} GiB free "
+                             f"on {self.device}; ask for fewer new tokens")
+
+    def _kv_bytes_per_position(self) -> int:
+        """Bytes of keys and values one sequence holds per position, from an empty cache's shape."""
+        if getattr(self, "_kv_bytes", None) is None:
+            cache = self.model.new_cache()  # no rows: nothing allocated
+            element = torch.empty((), dtype=cache.dtype).element_size()
+            self._kv_bytes = 2 * cache.n_layers * cache.n_heads * cache.head_dim * element
+        return self._kv_bytes
+
     # -- front-end facts ------------------------------------------------------------------
 
     @classmethod
@@ -137,6 +167,23 @@ class GenerationPipeline(Pipeline):
             values = [next(iter(r.values())) for r in result]
             return {next(iter(result[0])): values[0] if len(values) == 1 else values}
         return super().columns(result)
+
+
+def free_memory(device) -> int | None:
+    """Bytes free for tensors on `device` now: the GPU's free memory, or Linux's MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def as_list(value) -> list:

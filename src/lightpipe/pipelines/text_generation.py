@@ -44,6 +44,9 @@ class TextGenerationPipeline(GenerationPipeline):
         if options.get("return_full_text") is not None and options.get("return_tensors"):
             raise ValueError("return_full_text is mutually exclusive with return_tensors")
         encode_kwargs(options.get("tokenizer_encode_kwargs"))
+        stop = options.get("stop_sequence")
+        if stop is not None and (not isinstance(stop, str) or not stop):
+            raise ValueError(f"stop_sequence must be a non-empty string, got {stop!r}")
         return options
 
     def is_single(self, inputs) -> bool:

@@ -1,5 +1,6 @@
-"""The ASGI app: routes, limits (body size → 413, requests in flight → 429), JSON errors,
-metrics, the playground's static files, and helpers to run it with uvicorn."""
+"""The ASGI app: routes, middleware (middleware.py: request ids, metrics, CORS, API keys, body
+limits and in-flight slots), JSON errors in each client family's shape (errors.py), the
+playground's static files, and running it with uvicorn (protocol.py: timeouts)."""
 
 from __future__ import annotations
 
@@ -21,117 +22,33 @@ from .. import __version__
 from . import errors, hf_api, openai_api, tei_api
 from .common import ServerConfig, ServerState, json_response, read_json, state
 from .metrics import Metrics
+from .middleware import Auth, Bodies, Measured, RequestIds, current_request, route_label
 from .openapi import openapi_spec
-from .registry import Registry
+from .registry import ModelSpec, Registry, default_name, parse_model_spec
 
 log = logging.getLogger("lightpipe.server")
 STATIC = Path(__file__).parent / "static"
 
-ROUTES = {"/", "/health", "/info", "/metrics", "/openapi.json", "/docs", "/v1/embeddings", "/v1/completions",
-          "/v1/chat/completions", "/v1/models", "/embed", "/predict", "/rerank", "/api/models", "/api/load"}
-UNLIMITED = {"/api/load"}  # POSTs that don't run a model: not counted against --max-concurrent-requests
 
-
-def route_label(path: str) -> str:
-    """Bounded route names for metrics labels (model ids in paths would grow without bound)."""
-    if path in ROUTES:
-        return path
-    if path.startswith("/models/"):
-        return "/models/{model_id}"
-    if path.startswith("/static/"):
-        return "/static"
-    return "other"
-
-
-# -- middleware (plain ASGI, so streamed responses are measured to their end) -------------
-
-class BodyTooLarge(errors.ApiError):
-    def __init__(self, limit: int):
-        super().__init__(413, f"request body larger than {limit} bytes (--max-body-bytes)", "payload_too_large")
-
-
-class LimitsMiddleware:
-    def __init__(self, app, server: ServerState):
-        self.app, self.server = app, server
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] in UNLIMITED:
-            return await self.app(scope, receive, send)
-        st = self.server
-        limit = st.config.max_body_bytes
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return await send_error(scope, send, BodyTooLarge(limit), st)
-        if st.in_flight >= st.config.max_concurrent_requests:
-            err = errors.overloaded(f"{st.in_flight} requests in flight, the maximum (--max-concurrent-requests); retry later")
-            return await send_error(scope, send, err, st)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge(limit)
-            return message
-
-        st.in_flight += 1
-        try:
-            await self.app(scope, limited_receive, send)
-        finally:
-            st.in_flight -= 1
-
-
-class MetricsMiddleware:
-    def __init__(self, app, server: ServerState):
-        self.app, self.server = app, server
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), 500
-        label = route_label(scope["path"])
-
-        async def measured_send(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, measured_send)
-        finally:
-            m = self.server.metrics
-            m.requests.inc(label, str(status))
-            m.latency.observe(time.perf_counter() - start, label)
-
-
-async def send_error(scope, send, err: errors.ApiError, st: ServerState) -> None:
-    st.metrics.errors.inc(route_label(scope["path"]), err.error_type)
-    headers = [(b"content-type", b"application/json")] + [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-    body = err.body()
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-# -- exception handlers: everything becomes {"error", "error_type"} ------------------------
+# -- exception handlers: every error in its route family's JSON shape -----------------------
 
 def api_error(request: Request, exc: errors.ApiError) -> Response:
     state(request).metrics.errors.inc(route_label(request.url.path), exc.error_type)
-    return Response(exc.body(), status_code=exc.status, headers=exc.headers, media_type="application/json")
+    return Response(exc.body(request.url.path), status_code=exc.status, headers=exc.headers,
+                    media_type="application/json")
 
 
 def http_error(request: Request, exc: HTTPException) -> Response:
     kinds = {404: "not_found", 405: "method_not_allowed"}
-    err = errors.ApiError(exc.status_code, exc.detail or "error", kinds.get(exc.status_code, "http_error"), dict(exc.headers or {}))
+    err = errors.ApiError(exc.status_code, exc.detail or "error", kinds.get(exc.status_code, "http_error"),
+                          dict(exc.headers or {}))
     return api_error(request, err)
 
 
 def server_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
-    return api_error(request, errors.ApiError(500, f"{type(exc).__name__}: {exc}", "server_error"))
+    context = current_request()
+    log.error("unhandled error on %s (request %s)", request.url.path, context.id if context else "-", exc_info=exc)
+    return api_error(request, errors.internal())
 
 
 # -- small routes -------------------------------------------------------------------------
@@ -162,7 +79,9 @@ async def info(request: Request):
         "models": [e.info() for e in st.registry.all()],
         "max_batch_tokens": c.max_batch_tokens, "max_concurrent_requests": c.max_concurrent_requests,
         "max_client_batch_size": c.max_client_batch_size, "max_body_bytes": c.max_body_bytes,
-        "allow_load": c.allow_load,
+        "max_input_tokens": c.max_input_tokens, "max_total_tokens": c.max_total_tokens,
+        "max_sequences": c.max_sequences, "allow_load": c.allow_load, "allow_load_local": c.allow_load_local,
+        "auth": bool(c.api_keys),
     })
 
 
@@ -200,36 +119,56 @@ async def search_models(request: Request):
 
 
 async def load(request: Request):
+    """Load a model by its Hub id (a server folder only with --allow-load-local): 202 while it
+    loads; the same model asked for again (however spelled) is the same entry."""
     st = state(request)
     if not st.config.allow_load:
         raise errors.ApiError(403, "loading models is disabled; start the server with --allow-load", "forbidden")
     body = await read_json(request)
-    model, task = body.get("model"), body.get("task") or None
+    fields = {k: body.get(k) for k in ("model", "task", "name", "revision")}
+    model = fields["model"]
     if not isinstance(model, str) or not model.strip():
-        raise errors.validation('send {"model": "org/name", "task": optional task}')
-    if task is not None:
+        raise errors.validation('send {"model": "org/name", "task": optional task, "name": optional name, '
+                                '"revision": optional revision}', param="model")
+    for key in ("task", "name", "revision"):
+        if fields[key] is not None and not (isinstance(fields[key], str) and fields[key].strip()):
+            raise errors.validation(f"{key} must be a non-empty string", param=key)
+    if fields["task"] is not None:
         from ..tasks import normalize_task
 
         try:
-            normalize_task(task)
+            normalize_task(fields["task"])
         except (ValueError, TypeError) as e:
-            raise errors.validation(str(e)) from None
-    entry = st.registry.load(model.strip(), task=task, startup=False)
+            raise errors.validation(str(e), param="task") from None
+    spec = ModelSpec(model.strip(), fields["task"], fields["name"], fields["revision"] or st.config.revision)
+    entry = st.registry.load(spec, startup=False, local=st.config.allow_load_local)
     return json_response(entry.info(), status=202 if entry.status == "loading" else 200)
 
 
 # -- the app ------------------------------------------------------------------------------
 
 def create_app(models=(), *, pipelines: dict | None = None, config: ServerConfig | None = None, **settings) -> Starlette:
-    """An app serving `models` (each "[TASK=]MODEL", loaded in the background at start-up) and
-    already built `pipelines` ({name: pipeline}). `settings` override ServerConfig fields."""
+    """An app serving `models` (each "[NAME=][TASK=]MODEL[@REVISION]" or a ModelSpec, loaded in
+    the background at start-up) and already built `pipelines` ({name: pipeline}). `settings`
+    override ServerConfig fields."""
     config = config or ServerConfig()
     for key, value in settings.items():
         if not hasattr(config, key):
             raise TypeError(f"unknown server setting {key!r}")
         setattr(config, key, value)
+    specs = [parse_model_spec(m) if isinstance(m, str) else m for m in models]
+    names = []
+    for spec in specs:
+        spec.revision = spec.revision or config.revision
+        names.append(spec.name or default_name(spec.model, Path(spec.model).expanduser().is_dir()))
+    twice = sorted({n for n in names if names.count(n) > 1} | (set(names) & set(pipelines or {})))
+    if twice:
+        raise ValueError(f"two models would be served as {twice[0]!r}; name them: --model NAME=[TASK=]MODEL")
     metrics_ = Metrics()
-    registry = Registry(max_batch_tokens=config.max_batch_tokens, device=config.device, metrics=metrics_)
+    pipeline_kwargs = {k: v for k, v in (("dtype", config.dtype), ("quantize", config.quantize)) if v is not None}
+    registry = Registry(max_batch_tokens=config.max_batch_tokens, device=config.device, metrics=metrics_,
+                        pipeline_kwargs=pipeline_kwargs, max_models=config.max_models,
+                        failed_ttl=config.failed_load_ttl)
     server = ServerState(config, registry, metrics_)
     metrics_.queue_depth.source = lambda: {(e.id,): e.batcher.depth for e in registry.all() if e.batcher}
     metrics_.in_flight.source = lambda: {(): server.in_flight}
@@ -239,21 +178,29 @@ def create_app(models=(), *, pipelines: dict | None = None, config: ServerConfig
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        for spec in models:
+        for spec in specs:
             registry.load(spec)
         yield
         registry.close()
 
+    v1 = "/models/{model_id:path}/v1"
     routes = [
         Route("/", root, methods=["GET", "POST"]),
+        Route(v1 + "/chat/completions", openai_api.chat_completions, methods=["POST"]),
+        Route(v1 + "/completions", openai_api.completions, methods=["POST"]),
+        Route(v1 + "/embeddings", openai_api.embeddings, methods=["POST"]),
+        Route(v1 + "/models", openai_api.models, methods=["GET"]),
         Route("/models/{model_id:path}", hf_api.inference, methods=["POST"]),
         Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/v1/completions", openai_api.completions, methods=["POST"]),
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/models", openai_api.models, methods=["GET"]),
         Route("/embed", tei_api.embed_route, methods=["POST"]),
+        Route("/embed_all", tei_api.embed_all, methods=["POST"]),
         Route("/predict", tei_api.predict, methods=["POST"]),
         Route("/rerank", tei_api.rerank, methods=["POST"]),
+        Route("/tokenize", tei_api.tokenize, methods=["POST"]),
+        Route("/decode", tei_api.decode, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/info", info, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -265,8 +212,18 @@ def create_app(models=(), *, pipelines: dict | None = None, config: ServerConfig
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={errors.ApiError: api_error, HTTPException: http_error, Exception: server_error})
-    app.add_middleware(LimitsMiddleware, server=server)
-    app.add_middleware(MetricsMiddleware, server=server)  # added last = outermost: sees 413/429 too
+    # added last = outermost: request ids, then metrics, CORS, keys, bodies (see middleware.py)
+    app.add_middleware(Bodies, server=server)
+    if config.api_keys:
+        app.add_middleware(Auth, server=server, keys=list(config.api_keys))
+    if config.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+                           expose_headers=["X-Request-Id"], max_age=600)
+    app.add_middleware(Measured, server=server)
+    app.add_middleware(RequestIds, server=server)
     app.state.lightpipe = server
     return app
 
@@ -298,7 +255,9 @@ class Running:
 def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> Running:
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on"))
+    from .protocol import uvicorn_config
+
+    server = uvicorn.Server(uvicorn_config(app, host, port, log_level))
     thread = threading.Thread(target=server.run, name="lightpipe-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -309,9 +268,28 @@ def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, log_level: str 
     return Running(server, thread)
 
 
-def serve(models, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **settings) -> None:
-    """Run the server in the foreground (what `lightpipe serve` does)."""
+def serve(models, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", threads: int | None = None,
+          pipelines: dict | None = None, **settings) -> None:
+    """Run the server in the foreground (what `lightpipe serve` does). `threads`: torch's
+    intra-op threads (default: threads.default_threads())."""
     import uvicorn
 
-    app = create_app(models, **settings)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    from .protocol import uvicorn_config
+    from .threads import set_threads
+
+    _log_to_stderr(log_level)
+    used = set_threads(threads)
+    app = create_app(models, pipelines=pipelines, **settings)
+    log.info("torch uses %d intra-op thread(s) per batch (--threads)", used)
+    uvicorn.Server(uvicorn_config(app, host, port, log_level)).run()
+
+
+def _log_to_stderr(level: str) -> None:
+    """lightpipe's own log lines (access lines with request ids, loads, errors) on stderr, the
+    way uvicorn writes its own."""
+    root = logging.getLogger("lightpipe")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level.upper())

@@ -41,9 +41,12 @@ class Job:
     items: list
     options: dict
     seed: int | None = None  # sampling seed: the job gets its own torch.Generator (generation's `seed=`)
+    tokens: int | None = None  # input tokens, when the route counted them already
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     enqueued: float = field(default_factory=time.perf_counter)
-    tokens: int | None = None
+    # set when the client has gone: a job not started yet is dropped; one that is running may
+    # watch it to stop early (the hook the generation engine uses to end a sequence within a step)
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
     @property
     def key(self) -> tuple:
@@ -100,17 +103,24 @@ class Batcher:
 
     # -- the event loop's side -------------------------------------------------------------
 
-    def submit(self, fn: str, items: list, options: dict | None = None, seed: int | None = None) -> concurrent.futures.Future:
-        job = Job(fn, list(items), dict(options or {}), seed)
+    def submit(self, fn: str, items: list, options: dict | None = None, seed: int | None = None,
+               tokens: int | None = None) -> Job:
+        job = Job(fn, list(items), dict(options or {}), seed, tokens)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the server is shutting down")
             self._pending.append(job)
             self._cond.notify()
-        return job.future
+        return job
 
     async def __call__(self, fn: str, items: list, options: dict | None = None, seed: int | None = None) -> Done:
-        return await asyncio.wrap_future(self.submit(fn, items, options, seed))
+        return await asyncio.wrap_future(self.submit(fn, items, options, seed).future)
+
+    def cancel(self, job: Job) -> None:
+        """The job's client has gone: drop the job if it hasn't started; flag it if it has."""
+        job.cancelled.set()
+        if job.future.cancel() and self.metrics is not None:
+            self.metrics.cancelled.inc(self.name)
 
     def stream(self, make: Callable[[], Iterator]) -> Stream:
         """Run `make()` (a generator of text pieces) on the worker; iterate the result."""
@@ -162,7 +172,7 @@ class Batcher:
             stream.push("error", RuntimeError("the server is shutting down"))
 
     def _form_batch(self, pending: list[Job]) -> tuple[list[Job], list[Job]]:
-        pending = [j for j in pending if not j.future.cancelled()]  # their clients went away
+        pending = [j for j in pending if not (j.future.cancelled() or j.cancelled.is_set())]  # their clients went away
         if not pending:
             return [], []
         first = pending[0]

@@ -5,12 +5,17 @@ server), why a generation finished, and the token stream as server-sent events."
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.responses import StreamingResponse
 
-from . import errors
+from . import errors, limits
 from .common import run
 from .registry import Served, has_token_stream
+
+log = logging.getLogger("lightpipe.server")
 
 # transformers generate() keywords passed through as they are
 PASS_THROUGH = ("max_new_tokens", "max_length", "min_new_tokens", "num_beams", "num_return_sequences",
@@ -23,13 +28,15 @@ UNSUPPORTED = ("watermark", "grammar", "adapter_id", "best_of", "decoder_input_d
 
 def unsupported_error(names: list[str]) -> errors.ApiError:
     return errors.ApiError(400, f"The following `model_kwargs` are not used by the model: {names} "
-                                "(lightpipe does not implement them)", "validation")
+                                "(lightpipe does not implement them)", "validation", param=names[0])
 
 
 def sampling(options: dict, do_sample, temperature) -> dict:
     """do_sample/temperature as generate() wants them: temperature 0 means greedy."""
     if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0):
-        raise errors.validation(f"temperature must be a number >= 0, got {temperature!r}")
+        raise errors.validation(f"temperature must be a number >= 0, got {temperature!r}", param="temperature")
+    if do_sample is not None and not isinstance(do_sample, bool):
+        raise errors.validation(f"do_sample must be true or false, got {do_sample!r}", param="do_sample")
     if temperature == 0:
         do_sample, temperature = False, None
     if do_sample is not None:
@@ -46,14 +53,19 @@ def generation_options(served: Served, options: dict) -> dict:
     return options
 
 
-def stops_of(value) -> list[str]:
+MAX_STOPS = 16  # stop strings a request may give (OpenAI allows 4)
+
+
+def stops_of(value, name: str = "stop") -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
         return [value] if value else []
     if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        if len(value) > MAX_STOPS:
+            raise errors.validation(f"{name} has {len(value)} strings; at most {MAX_STOPS} are accepted", param=name)
         return [s for s in value if s]
-    raise errors.validation(f"stop must be a string or a list of strings, got {value!r}")
+    raise errors.validation(f"{name} must be a string or a list of strings, got {value!r:.80}", param=name)
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -135,21 +147,84 @@ def finish_reason(served: Served, text: str, stopped: bool, options: dict) -> tu
     return ("length" if limit and used >= limit else "eos_token"), used
 
 
-async def generate(served: Served, prompts: list, options: dict, seed=None) -> tuple[list, int]:
+async def generate(st, served: Served, prompts: list, options: dict, seed=None, defaults=(),
+                   names: dict | None = None) -> tuple[list, int]:
     """Each prompt's transformers-shaped output (coalesced with other requests' prompts that
-    ask the same options), and the prompt tokens."""
-    done = await run(served, "run", prompts, options, seed)
+    ask the same options), and the prompt tokens. The request is bounded first (limits.check)."""
+    lengths = bounded(st, served, prompts, options, defaults, names)
+    done = await run(served, "run", prompts, options, seed, tokens=sum(lengths))
     return done.results, done.tokens
 
 
-def open_stream(served: Served, prompt, options: dict, seed: int | None = None):
-    """The pipeline's token stream for one prompt, run on the worker thread."""
+@dataclass
+class Sequence:
+    """One generated sequence, from the token ids the engine made: `text` is the pipeline's own
+    decoding of them (what a plain call returns), `ids` the new tokens (an end-of-sequence
+    token included), `eos` whether it ended with one."""
+    text: str
+    ids: list[int]
+    eos: bool
+    decode: Callable[[list[int]], str]  # the text of the first tokens of `ids`
+
+    def finish(self, stops: list[str]) -> tuple[str, str, int]:
+        """(text cut at the first stop string, TGI's finish reason, new tokens): a stop string
+        counts the tokens up to the one that completed it, not those generated past it."""
+        text, stopped = cut_at_stop(self.text, stops)
+        if not stopped:
+            return text, ("eos_token" if self.eos else "length"), len(self.ids)
+        low, high = 1, len(self.ids)  # the fewest tokens whose text holds a stop string
+        while low < high:
+            mid = (low + high) // 2
+            if cut_at_stop(self.decode(self.ids[:mid]), stops)[1]:
+                high = mid
+            else:
+                low = mid + 1
+        return text, "stop_sequence", high
+
+
+async def generate_sequences(st, served: Served, prompts: list, options: dict, seed=None, defaults=(),
+                             names: dict | None = None) -> tuple[list[list[Sequence]], int]:
+    """Each prompt's sequences with their token ids (see Sequence), and the prompt tokens: the
+    pipeline runs for ids (return_tensors) and its own `records` turn them into the text a plain
+    call gives, so counts and finish reasons come from the generated ids, not re-tokenized text."""
+    if options.get("return_tensors"):
+        raise errors.validation("return_tensors is not a parameter of this route (it answers text)",
+                                param="return_tensors")
+    lengths = bounded(st, served, prompts, options, defaults, names)
+    pipe = served.pipeline
+    for_ids = {k: v for k, v in options.items() if k not in ("return_full_text", "return_text")}  # exclusive with ids
+    done = await run(served, "run", prompts, {**for_ids, "return_tensors": True}, seed, tokens=sum(lengths))
+    task_options, config = pipe.split_options(pipe.call_options(dict(options)))
+    eos = set(config.eos_token_id if isinstance(config.eos_token_id, (list, tuple)) else
+              [] if config.eos_token_id is None else [config.eos_token_id])
+    encoded = pipe.encode_items(prompts, task_options)
+    out = []
+    for item, prompt_ids, result in zip(prompts, encoded, done.results):
+        sequences = []
+        for record in (result if isinstance(result, list) else [result]):
+            (ids,) = record.values()
+            ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+            if pipe.encoder_decoder:  # the decoder's row: its start token, new tokens, padding after eos
+                start, new = ids[:1], ids[1:]
+                new = new[:next((k + 1 for k, t in enumerate(new) if t in eos), len(new))]
+            else:  # the prompt, then the new tokens up to and including eos
+                start, new = [], ids[len(prompt_ids):]
+
+            def decode(part, item=item, prompt_ids=prompt_ids, start=start):
+                return text_of(pipe.records(item, prompt_ids, [start + part], **task_options)[0])
+
+            sequences.append(Sequence(decode(new), new, bool(new) and new[-1] in eos, decode))
+        out.append(sequences)
+    return out, sum(lengths)
+
+
+def open_stream(st, served: Served, prompt, options: dict, seed: int | None = None, defaults=(),
+                names: dict | None = None):
+    """The pipeline's token stream for one prompt, run on the worker thread, and its prompt tokens."""
     if not has_token_stream(served.pipeline):
-        raise errors.validation(f"model {served.id} ({served.task}) cannot stream tokens; send stream=false")
-    try:
-        served.pipeline.check_options(dict(options))
-    except Exception as e:
-        raise errors.from_exception(e) from None
+        raise errors.validation(f"model {served.id} ({served.task}) cannot stream tokens; send stream=false",
+                                param="stream")
+    lengths = bounded(st, served, [prompt], options, defaults, names)
     pipe = served.pipeline
     if seed is not None:
         options = {**options, "seed": seed}  # its own torch.Generator: other requests can't move it
@@ -157,7 +232,19 @@ def open_stream(served: Served, prompt, options: dict, seed: int | None = None):
     def make():
         return pipe.stream(prompt, **options)
 
-    return served.batcher.stream(make)
+    try:
+        return served.batcher.stream(make), lengths[0]
+    except RuntimeError as e:  # shutting down
+        raise errors.ApiError(503, str(e), "unavailable") from None
+
+
+def bounded(st, served: Served, prompts: list, options: dict, defaults=(), names: dict | None = None) -> list[int]:
+    """limits.check on the request's options (which it may change: a default length cut to fit)."""
+    try:
+        served.pipeline.check_options(dict(options))
+    except Exception as e:
+        raise errors.from_exception(e) from None
+    return limits.check(served.pipeline, st.config, prompts, options, defaults, names)
 
 
 def sse(obj) -> str:
@@ -167,3 +254,11 @@ def sse(obj) -> str:
 
 def sse_response(events) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def stream_error(e: BaseException, served: Served) -> errors.ApiError:
+    """A failure during a stream, as the event that ends it (the server's own faults logged)."""
+    err = errors.from_exception(e)
+    if err.status >= 500:
+        log.error("stream on %s failed: %s: %s", served.id, type(e).__name__, e)
+    return err

@@ -13,9 +13,11 @@
 - text-generation: TGI's parameters; `return_full_text` defaults to false (only the new text);
   `"stream": true` sends TGI's server-sent events.
 
-`POST /` with several models served picks one from the request's shape (a QA dict, a
-source_sentence, candidate_labels, generation parameters, a mask token, parameters at the top
-level = embeddings); otherwise the first model given at start-up.
+`POST /` with several models served routes by the request: its input's shape (a QA dict, a
+source_sentence, chat messages, a text with a fill-mask model's mask token), its parameters
+(candidate_labels; parameters only one task takes; `stream`: text-generation; none at all, as
+InferenceClient.feature_extraction sends it: embeddings). A request that could be for models of
+several tasks is answered 400 naming the served models — never run on another task's model.
 
 The handler of a request is the one for its pipeline's request shape (`hf_request` on the
 pipeline's class); the parameter names and API defaults come from the class too.
@@ -27,9 +29,9 @@ from starlette.requests import Request
 
 from ..tasks import normalize_task, pipeline_class
 from . import errors
-from .common import (boolean, check_batch, embed, json_response, options_of, read_json, run, state, texts)
-from .generate import (UNSUPPORTED, StopWatcher, cut_at_stop, finish_reason, generate, generation_options,
-                       open_stream, sampling, sse, sse_response, stops_of, text_of, unsupported_error, until_stop)
+from .common import boolean, check_batch, embed, json_response, options_of, read_json, run, state, texts
+from .generate import (UNSUPPORTED, StopWatcher, finish_reason, generate, generate_sequences, generation_options,
+                       open_stream, sampling, sse, sse_response, stops_of, stream_error, unsupported_error, until_stop)
 from .registry import Served, check_ready, has_token_stream
 
 EMBEDDING_SHAPES = ("embedding", "similarity")  # what a model that can embed answers, whatever its task
@@ -40,7 +42,8 @@ async def inference(request: Request):
     st = state(request)
     body = await read_json(request)
     if "inputs" not in body:
-        raise errors.validation('the request needs "inputs" (and optionally "parameters"): {"inputs": ..., "parameters": {...}}')
+        raise errors.validation('the request needs "inputs" (and optionally "parameters"): {"inputs": ..., "parameters": {...}}',
+                                param="inputs")
     path = request.path_params.get("model_id")
     task = None
     if path is not None:
@@ -70,33 +73,43 @@ async def answer(st, served: Served, task: str | None, body: dict):
 
 
 def route(registry, body: dict) -> Served:
-    """The model `POST /` means, from the request's shape (see the module docstring)."""
+    """The model `POST /` means (see the module docstring), or 400 when the request doesn't say."""
     ready = registry.ready()
     if len(ready) <= 1:
         return registry.choose(lambda e: True, "")
     inputs, params = body.get("inputs"), body.get("parameters")
     params = params if isinstance(params, dict) else {}
-    first = lambda fits: next((e for e in ready if fits(e.pipeline)), None)  # noqa: E731
     item = inputs[0] if isinstance(inputs, list) and inputs else inputs
     if isinstance(item, dict) and "source_sentence" in item:
-        hit = next((e for e in ready if e.can_embed), None)
+        hits, what = [e for e in ready if e.can_embed], "sentence-similarity"
     elif isinstance(item, dict) and ("question" in item or "context" in item):
-        hit = first(lambda pipe: pipe.hf_request == "question-context")
-    elif "candidate_labels" in params:
-        hit = first(lambda pipe: "candidate_labels" in pipe.hf_parameters)
+        hits, what = [e for e in ready if e.pipeline.hf_request == "question-context"], "question-answering"
+    elif isinstance(item, dict) and "role" in item:
+        hits, what = [e for e in ready if e.pipeline.takes_chat], "chat"
     elif "parameters" not in body:  # InferenceClient.feature_extraction sends its parameters at the top level
-        hit = next((e for e in ready if e.can_embed), None) or ready[0]
+        hits, what = [e for e in ready if e.can_embed], "feature-extraction"
+    elif "stream" in body:  # InferenceClient.text_generation always says whether it streams
+        hits, what = [e for e in ready if has_token_stream(e.pipeline)], "text-generation"
+    elif "candidate_labels" in params:
+        hits, what = [e for e in ready if "candidate_labels" in e.pipeline.hf_parameters], "zero-shot-classification"
     else:
-        hit = None
-        candidates = [e for e in ready if not e.can_embed] or ready
-        if "stream" in body:
-            hit = first(has_token_stream)
-        if hit is None and isinstance(item, str):  # fill-mask: the text holds its mask token
-            hit = next((e for e in candidates if e.pipeline.claims_text(item)), None)
-        if hit is None and params:
-            hit = next((e for e in candidates if set(params) <= e.pipeline.hf_parameters), None)
-        hit = hit or candidates[0]
-    return hit or ready[0]
+        hits, what = [e for e in ready if not e.can_embed], "this request"
+        if params:  # parameters only some tasks take
+            hits = [e for e in hits if set(params) <= e.pipeline.hf_parameters]
+        if isinstance(item, dict) and "text" in item:  # a {"text", "text_pair"} pair
+            hits = [e for e in hits if e.pipeline.hf_request == "texts-or-pairs"]
+        if isinstance(item, str):  # not the tasks whose input is more than a text
+            hits = [e for e in hits if e.pipeline.hf_request != "question-context"
+                    and "candidate_labels" not in e.pipeline.hf_parameters]
+        if isinstance(item, str):  # fill-mask: the text holds its mask token
+            claimed = [e for e in hits if e.pipeline.claims_text(item)]
+            hits = claimed or [e for e in hits if not e.pipeline.claims_text(item) and e.task != "fill-mask"]
+    tasks = sorted({e.task for e in hits})
+    if len(tasks) == 1:
+        return hits[0]
+    could = f"could be for {' or '.join(tasks)}" if tasks else f"is not one any served model takes ({what})"
+    raise errors.bad_request(f"POST / serves several models and this request {could}; post it to "
+                             f"/models/{{name}} instead. Served models: {registry.listing()}")
 
 
 # -- embeddings ---------------------------------------------------------------------------
@@ -192,8 +205,7 @@ async def text2text(st, served: Served, body: dict):
     options = {**options, **extra}
     if options.get("src_lang") is None and options.get("tgt_lang") is None:
         options.pop("src_lang", None), options.pop("tgt_lang", None)
-    done = await run(served, "run", items, options)
-    results = done.results
+    results, _ = await generate(st, served, items, options)
     if single:
         return json_response(results[0])
     if all(isinstance(r, list) and len(r) == 1 for r in results):  # transformers unwraps single sequences
@@ -210,7 +222,7 @@ def tgi_options(served: Served, params: dict) -> tuple[dict, list[str], int | No
     stop = stops_of(params.pop("stop", None) or params.pop("stop_sequences", None))
     seed = params.pop("seed", None)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise errors.validation(f"seed must be an integer, got {seed!r}")
+        raise errors.validation(f"seed must be an integer, got {seed!r:.40}", param="seed")
     details = boolean(params.pop("details", None), "details", False)
     do_sample, temperature = params.pop("do_sample", None), params.pop("temperature", None)
     if do_sample is None:  # TGI: greedy, unless a sampling knob is set
@@ -227,26 +239,25 @@ async def text_generation(st, served: Served, body: dict):
     if boolean(body.get("stream"), "stream", False):
         prompt = body["inputs"]
         if not isinstance(prompt, str):
-            raise errors.validation("a streamed text-generation request takes one string as inputs")
-        return tgi_stream(served, prompt, options, stop, seed)
+            raise errors.validation("a streamed text-generation request takes one string as inputs", param="inputs")
+        return tgi_stream(st, served, prompt, options, stop, seed)
     items, single = texts(body["inputs"])
     check_batch(st, len(items))
-    results, _ = await generate(served, items, options, seed)
+    results, _ = await generate_sequences(st, served, items, options, seed)
     out = []
-    for result in results:
-        text, stopped = cut_at_stop(text_of(result), stop)
+    for (sequence, *_) in results:  # TGI: one sequence a prompt
+        text, reason, n = sequence.finish(stop)
         entry = {"generated_text": text}
         if details:
-            reason, n = finish_reason(served, text, stopped, options)
             entry["details"] = {"finish_reason": reason, "generated_tokens": n, "seed": seed, "prefill": [], "tokens": []}
         out.append(entry)
     return json_response(out)
 
 
-def tgi_stream(served: Served, prompt: str, options: dict, stop: list[str], seed):
+def tgi_stream(st, served: Served, prompt: str, options: dict, stop: list[str], seed):
     """TGI's stream: one `data: {"index", "token": {...}, "generated_text": null}` event per
     piece; the last carries the whole text and details."""
-    stream = open_stream(served, prompt, options, seed)
+    stream, _ = open_stream(st, served, prompt, options, seed)
 
     async def events():
         watcher, text, index = StopWatcher(stop), "", 0
@@ -262,8 +273,8 @@ def tgi_stream(served: Served, prompt: str, options: dict, stop: list[str], seed
             yield sse({"index": index + 1, "token": {"id": index + 1, "text": tail, "logprob": 0.0, "special": True},
                        "generated_text": text, "details": {"finish_reason": reason, "generated_tokens": n, "seed": seed}})
         except Exception as e:
-            err = errors.from_exception(e)
-            yield sse({"error": err.message, "error_type": err.error_type})
+            err = stream_error(e, served)
+            yield sse({"error": errors.scrub(err.message), "error_type": err.error_type})
 
     return sse_response(events())
 

@@ -1,5 +1,8 @@
 """OpenAI-compatible routes: /v1/embeddings, /v1/completions, /v1/chat/completions (with
-`stream: true` as server-sent events ending `data: [DONE]`) and /v1/models."""
+`stream: true` as server-sent events ending `data: [DONE]`) and /v1/models — also under
+`/models/{name}/v1/...`, the URL huggingface_hub's InferenceClient(".../models/NAME") posts
+chats to, where the path names the model. Errors are OpenAI's `{"error": {"message", "type",
+"param", "code"}}` (errors.py)."""
 
 from __future__ import annotations
 
@@ -10,37 +13,63 @@ import uuid
 from starlette.requests import Request
 
 from . import errors
-from .common import check_batch, embedding_model, embed, json_response, positive_int, read_json, state
-from .generate import (OPENAI_FINISH_REASONS, StopWatcher, cut_at_stop, finish_reason, generate, generation_options,
-                       open_stream, sampling, sse, sse_response, stops_of, text_of, until_stop)
+from .common import check_batch, embed, json_response, positive_int, read_json, state
+from .generate import (OPENAI_FINISH_REASONS, StopWatcher, finish_reason, generate_sequences, generation_options,
+                       open_stream, sampling, sse, sse_response, stops_of, stream_error, until_stop)
+
+# OpenAI's names for the pipeline options a generation request sets (for messages and `param`)
+NAMES = {"max_new_tokens": "max_tokens", "num_return_sequences": "n", "inputs": "prompt"}
+CHAT_NAMES = {**NAMES, "inputs": "messages"}
+
+
+def model_in_path(request: Request) -> str | None:
+    """The model a `/models/{name}/v1/...` URL names (it wins over the body's `model`)."""
+    return request.path_params.get("model_id")
 
 
 async def models(request: Request):
     st = state(request)
+    entries = st.registry.all()
+    if (name := model_in_path(request)) is not None:
+        entries = [st.registry.get(name)]
     data = [{"id": e.id, "object": "model", "created": int(st.started), "owned_by": "lightpipe",
-             "task": e.task, "status": e.status} for e in st.registry.all()]
+             "task": e.task, "status": e.status} for e in entries]
     return json_response({"object": "list", "data": data})
+
+
+def embedding_input(value) -> tuple[list, int | None]:
+    """OpenAI's `input`: a string, strings, token ids or lists of token ids (the model's own
+    vocabulary, used as given) → (items, their token count when they are ids)."""
+    def ids(v) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+
+    if isinstance(value, str):
+        return [value], None
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value, None
+    if ids(value):
+        return [value], len(value)
+    if isinstance(value, list) and value and all(ids(v) for v in value):
+        return value, sum(len(v) for v in value)
+    raise errors.validation("input must be a string, a non-empty list of strings, a list of token ids or a list of "
+                            "lists of token ids", param="input")
 
 
 async def embeddings(request: Request):
     st = state(request)
     body = await read_json(request)
-    served = embedding_model(st, body.get("model"))
-    value = body.get("input")
-    if isinstance(value, str):
-        items = [value]
-    elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        items = value
-    elif isinstance(value, list) and value and all(isinstance(v, (int, list)) for v in value):
-        raise errors.validation("input as token ids is not supported (they are another tokenizer's ids); send strings")
-    else:
-        raise errors.validation("input must be a string or a non-empty list of strings")
-    check_batch(st, len(items))
+    name = model_in_path(request) or body.get("model")
+    served = st.registry.pick(name if isinstance(name, str) else None, lambda e: e.can_embed, "embedding")
+    if not served.can_embed:
+        raise errors.validation(f"model {served.id} serves {served.task}, not embeddings; serve a feature-extraction "
+                                "or sentence-similarity model", param="model")
+    items, id_tokens = embedding_input(body.get("input"))
+    check_batch(st, len(items), "input")
     fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
-        raise errors.validation(f"encoding_format must be 'float' or 'base64', got {fmt!r}")
+        raise errors.validation(f"encoding_format must be 'float' or 'base64', got {fmt!r:.40}", param="encoding_format")
     dimensions = positive_int(body.get("dimensions"), "dimensions")
-    vectors, tokens = await embed(served, items, normalize=True, dimensions=dimensions)
+    vectors, tokens = await embed(served, items, normalize=True, dimensions=dimensions, tokens=id_tokens)
     if fmt == "base64":  # little-endian float32, as the openai client decodes it
         encoded = [base64.b64encode(v.numpy().astype("<f4").tobytes()).decode() for v in vectors]
     else:
@@ -53,64 +82,99 @@ async def embeddings(request: Request):
 def generation_model(st, name, chat: bool):
     what = "chat" if chat else "text generation"
     fits = (lambda e: e.pipeline.takes_chat) if chat else (lambda e: e.pipeline.generates)  # noqa: E731
-    if name:
-        served = st.registry.get(name)
-        if not fits(served):
-            kind = "a model that takes chats" if chat else "a generation model"
-            raise errors.validation(f"model {served.id} serves {served.task}; {what} needs {kind}")
-        return served
-    return st.registry.choose(fits, what)
+    served = st.registry.pick(name if isinstance(name, str) else None, fits, what)
+    if not fits(served):
+        kind = "a model that takes chats" if chat else "a generation model"
+        raise errors.validation(f"model {served.id} serves {served.task}; {what} needs {kind}", param="model")
+    return served
 
 
-REFUSED = {"logprobs": "logprobs", "top_logprobs": "logprobs", "tools": "tool calling", "functions": "function calling",
+REFUSED = {"tools": "tool calling", "functions": "function calling", "tool_choice": "tool calling",
            "response_format": "response_format", "logit_bias": "logit_bias", "suffix": "suffix"}
+# log-probabilities need the engine to hand back the sampler's distribution per token: not yet
+NOT_YET = ("logprobs", "top_logprobs")
 
 
-def openai_options(served, body: dict, chat: bool) -> tuple[dict, list[str], int | None, int]:
+def openai_options(served, body: dict, chat: bool) -> tuple[dict, list[str], int | None, int, set]:
+    """The request's pipeline options, stop strings, seed, n, and the options the route filled in."""
+    for key in NOT_YET:
+        if body.get(key) not in (None, False, 0):
+            raise errors.bad_request(f"{key} is not available yet: lightpipe's engine does not return per-token "
+                                     f"log-probabilities; send the request without {key}", param=key)
     for key, what in REFUSED.items():
         value = body.get(key)
-        if value not in (None, False, 0, [], {}) and not (key == "response_format" and value == {"type": "text"}):
-            raise errors.validation(f"{what} is not supported by lightpipe")
+        if value not in (None, False, 0, [], {}, "none") and not (key == "response_format" and value == {"type": "text"}):
+            raise errors.validation(f"{what} is not supported by lightpipe", param=key)
     for key in ("presence_penalty", "frequency_penalty"):
         if body.get(key) not in (None, 0, 0.0):
-            raise errors.validation(f"{key} is not supported by lightpipe (use repetition_penalty)")
-    limit = body.get("max_completion_tokens") if chat else None
-    limit = positive_int(limit if limit is not None else body.get("max_tokens"), "max_tokens", None if chat else 16)
+            raise errors.validation(f"{key} is not supported by lightpipe (use repetition_penalty)", param=key)
+    given = body.get("max_completion_tokens") if chat else None
+    key = "max_completion_tokens" if given is not None else "max_tokens"
+    limit = positive_int(given if given is not None else body.get("max_tokens"), key)
     n = positive_int(body.get("n"), "n", 1)
+    best_of = positive_int(body.get("best_of"), "best_of", 1)
+    if best_of > 1:
+        raise errors.bad_request("best_of is not available yet: choosing the best of several sequences needs their "
+                                 "log-probabilities; use n", param="best_of")
     temperature = body.get("temperature")
     options = sampling({}, True, 1.0 if temperature is None else temperature)  # OpenAI samples unless temperature is 0
     if body.get("top_p") is not None and options["do_sample"]:
         options["top_p"] = body["top_p"]
-    for key in ("top_k", "repetition_penalty", "num_beams"):  # extensions other servers accept too
-        if body.get(key) is not None:
-            options[key] = body[key]
+    for extra in ("top_k", "repetition_penalty", "num_beams"):  # extensions other servers accept too
+        if body.get(extra) is not None:
+            options[extra] = body[extra]
+    defaults = set()
     if limit is not None:
         options["max_new_tokens"] = limit
-    if n > 1:
-        options["num_return_sequences"] = n
-    options["return_full_text"] = bool(body.get("echo")) and not chat
+    elif not chat:
+        options["max_new_tokens"] = 16  # OpenAI's default for completions
+        defaults.add("max_new_tokens")
+    if n > 1 and options["do_sample"]:
+        options["num_return_sequences"] = n  # greedy: one answer, repeated n times below
+    options["return_full_text"] = boolean_echo(body) and not chat
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise errors.validation(f"seed must be an integer, got {seed!r}")
-    return generation_options(served, options), stops_of(body.get("stop")), seed, n
+        raise errors.validation(f"seed must be an integer, got {seed!r:.40}", param="seed")
+    return generation_options(served, options), stops_of(body.get("stop")), seed, n, defaults
+
+
+def boolean_echo(body: dict) -> bool:
+    echo = body.get("echo")
+    if echo is not None and not isinstance(echo, bool):
+        raise errors.validation(f"echo must be true or false, got {echo!r:.40}", param="echo")
+    return bool(echo)
 
 
 def check_messages(messages) -> list[dict]:
     if not isinstance(messages, list) or not messages:
-        raise errors.validation("messages must be a non-empty list of {role, content} objects")
+        raise errors.validation("messages must be a non-empty list of {role, content} objects", param="messages")
     out = []
     for m in messages:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise errors.validation(f"each message needs a role and content, got {m!r:.80}")
+            raise errors.validation(f"each message needs a role and content, got {m!r:.80}", param="messages")
         content = m.get("content")
         if isinstance(content, list):  # [{"type": "text", "text": ...}] parts: text only
-            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                raise errors.validation("only text message content is supported")
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text", ""), str)
+                       for p in content):
+                raise errors.validation("only text message content is supported", param="messages")
             content = "".join(p.get("text", "") for p in content)
         if content is not None and not isinstance(content, str):
-            raise errors.validation(f"message content must be a string, got {content!r:.80}")
+            raise errors.validation(f"message content must be a string, got {content!r:.80}", param="messages")
         out.append({"role": m["role"], "content": content or ""})
     return out
+
+
+def include_usage(body: dict) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise errors.validation(f"stream_options must be an object, got {options!r:.40}", param="stream_options")
+    usage = options.get("include_usage")
+    if usage is not None and not isinstance(usage, bool):
+        raise errors.validation(f"stream_options.include_usage must be true or false, got {usage!r:.40}",
+                                param="stream_options")
+    return bool(usage)
 
 
 async def completions(request: Request):
@@ -124,29 +188,33 @@ async def chat_completions(request: Request):
 async def complete(request: Request, chat: bool):
     st = state(request)
     body = await read_json(request)
-    served = generation_model(st, body.get("model"), chat)
-    options, stop, seed, n = openai_options(served, body, chat)
+    served = generation_model(st, model_in_path(request) or body.get("model"), chat)
+    options, stop, seed, n, defaults = openai_options(served, body, chat)
+    names = CHAT_NAMES if chat else NAMES
     if chat:
         prompts = [check_messages(body.get("messages"))]
     else:
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise errors.validation("prompt must be a string or a non-empty list of strings")
-        check_batch(st, len(prompts))
+            raise errors.validation("prompt must be a string or a non-empty list of strings", param="prompt")
+        check_batch(st, len(prompts), "prompt")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise errors.validation(f"stream must be true or false, got {stream!r:.40}", param="stream")
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-    if body.get("stream"):
+    if stream:
         if n > 1 or len(prompts) > 1:
-            raise errors.validation("stream=true takes one prompt and n=1")
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return stream_response(served, prompts[0], options, stop, seed, chat, rid, include_usage)
-    results, prompt_tokens = await generate(served, prompts, options, seed)
+            raise errors.validation("stream=true takes one prompt and n=1", param="n")
+        usage = include_usage(body)
+        return stream_response(st, served, prompts[0], options, stop, seed, chat, rid, usage, defaults, names)
+    results, prompt_tokens = await generate_sequences(st, served, prompts, options, seed, defaults, names)
     choices, completion_tokens = [], 0
-    for result in results:
-        sequences = result if isinstance(result, list) else [result]
+    for sequences in results:
+        if len(sequences) == 1 and n > 1:  # greedy: the one answer, n times
+            sequences = sequences * n
         for seq in sequences[:n]:
-            text, stopped = cut_at_stop(text_of(seq), stop)
-            reason, used = finish_reason(served, text, stopped, options)
+            text, reason, used = seq.finish(stop)
             reason = OPENAI_FINISH_REASONS[reason]
             completion_tokens += used
             i = len(choices)
@@ -163,8 +231,9 @@ async def complete(request: Request, chat: bool):
     })
 
 
-def stream_response(served, prompt, options, stop, seed, chat: bool, rid: str, include_usage: bool):
-    stream = open_stream(served, prompt, options, seed)
+def stream_response(st, served, prompt, options, stop, seed, chat: bool, rid: str, include_usage: bool,
+                    defaults, names):
+    stream, prompt_tokens = open_stream(st, served, prompt, options, seed, defaults, names)
     created = int(time.time())
     kind = "chat.completion.chunk" if chat else "text_completion"
 
@@ -191,19 +260,13 @@ def stream_response(served, prompt, options, stop, seed, chat: bool, rid: str, i
             reason, used = finish_reason(served, text, watcher.stopped, options)
             yield chunk(None, OPENAI_FINISH_REASONS[reason])
             if include_usage:
-                prompt_tokens = _prompt_tokens(served, prompt, options)
                 yield sse({"id": rid, "object": kind, "created": created, "model": served.id, "choices": [],
                            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": used,
                                      "total_tokens": prompt_tokens + used}})
         except Exception as e:
-            err = errors.from_exception(e)
-            yield sse({"error": {"message": err.message, "type": err.error_type}, "error_type": err.error_type})
+            err = stream_error(e, served)
+            yield sse({"error": {"message": errors.scrub(err.message), "type": errors.openai_type(err.status),
+                                 "param": err.param, "code": err.code or err.error_type}})
         yield "data: [DONE]\n\n"
 
     return sse_response(events())
-
-
-def _prompt_tokens(served, prompt, options: dict) -> int:
-    from .batcher import count_tokens
-
-    return count_tokens(served.pipeline, [prompt], options)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "error_type": {"type": "string"}},
-         "required": ["error", "error_type"]}
+HF_ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "error_type": {"type": "string"}},
+            "required": ["error", "error_type"]}
+OPENAI_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
+                   "code": {"type": ["string", "null"]}}}}}
+ERROR = {"oneOf": [HF_ERROR, OPENAI_ERROR],
+         "description": "OpenAI routes (/v1/..., /models/{id}/v1/...) answer OpenAI's shape; the others HF's"}
 ERRORS = {
+    "400": "a request POST / can't route (several models could take it), or a parameter lightpipe doesn't implement",
+    "401": "no valid API key (servers started with --api-key): send Authorization: Bearer KEY",
+    "408": "the body did not arrive within --body-timeout",
     "413": "too many inputs (--max-client-batch-size) or body too large (--max-body-bytes)",
-    "422": "validation error: bad inputs or parameters",
+    "422": "validation error: bad inputs or parameters, or beyond a limit (--max-input-tokens, --max-total-tokens, "
+           "--max-sequences)",
     "429": "too many requests in flight (--max-concurrent-requests)",
     "503": "the model is loading",
 }
@@ -57,6 +67,21 @@ def openapi_spec(version: str) -> dict:
                          response={"object": "list", "data": [{"id": "sentence-transformers/all-MiniLM-L6-v2", "object": "model"}]}),
         "/embed": op("Embed (text-embeddings-inference)", "Sentence embeddings, one row per input.",
                      {"inputs": ["hello", "world"], "normalize": True}, [[0.01], [0.02]], "TEI"),
+        "/embed_all": op("Embed all tokens (text-embeddings-inference)", "Every token's last hidden state, special "
+                         "tokens included: one (tokens × dimensions) list per input.",
+                         {"inputs": ["hello"]}, [[[0.1], [0.2], [0.3]]], "TEI"),
+        "/tokenize": op("Tokenize (text-embeddings-inference)", "Per input, its tokens: id, text, special, and "
+                        "start/stop byte offsets in the input (null for special tokens).",
+                        {"inputs": "hello", "add_special_tokens": True},
+                        [[{"id": 101, "text": "[CLS]", "special": True, "start": None, "stop": None},
+                          {"id": 7592, "text": "hello", "special": False, "start": 0, "stop": 5},
+                          {"id": 102, "text": "[SEP]", "special": True, "start": None, "stop": None}]], "TEI"),
+        "/decode": op("Decode (text-embeddings-inference)", "Token ids (one sequence or a list of them) to text.",
+                      {"ids": [101, 7592, 102], "skip_special_tokens": True}, ["hello"], "TEI"),
+        "/models/{model_id}/v1/chat/completions": op(
+            "Chat completions on a named model (OpenAI)", "The URL InferenceClient(\".../models/NAME\") posts chats "
+            "to; also /models/{model_id}/v1/completions, /embeddings and (GET) /models.",
+            {"messages": [{"role": "user", "content": "Hi!"}]}, None, "OpenAI"),
         "/predict": op("Predict (text-embeddings-inference)", "Classify a text, a [text, pair], or a list of them.",
                        {"inputs": "I love this"}, [{"label": "POSITIVE", "score": 0.99}], "TEI"),
         "/rerank": op("Rerank (text-embeddings-inference)", "Rank texts against a query with a cross-encoder "
@@ -76,8 +101,10 @@ def openapi_spec(version: str) -> dict:
                           response=[{"id": "distilbert/distilbert-base-uncased-finetuned-sst-2-english",
                                      "downloads": 1, "likes": 1, "pipeline_tag": "text-classification",
                                      "model_type": "distilbert", "loads": True, "reason": None}]),
-        "/api/load": op("Load a Hub model", "Needs --allow-load. Returns 202 while it loads; poll /info.",
-                        {"model": "distilbert/distilbert-base-uncased-finetuned-sst-2-english", "task": "text-classification"},
+        "/api/load": op("Load a Hub model", "Needs --allow-load (folders on the server: --allow-load-local). Returns "
+                        "202 while it loads; poll /info. The same model asked for again is the same entry.",
+                        {"model": "distilbert/distilbert-base-uncased-finetuned-sst-2-english", "task": "text-classification",
+                         "name": "sst2", "revision": "main"},
                         {"id": "distilbert/distilbert-base-uncased-finetuned-sst-2-english", "status": "loading"}, "playground"),
     }
     return {

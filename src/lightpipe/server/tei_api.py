@@ -1,6 +1,6 @@
-"""text-embeddings-inference routes: /embed, /predict, /rerank, with TEI's request and
-response shapes. TEI serves one model; here each route takes the first suitable model served
-(or the one named by an extra `"model"` field)."""
+"""text-embeddings-inference routes: /embed, /embed_all, /predict, /rerank, /tokenize and
+/decode, with TEI's request and response shapes. TEI serves one model; here each route takes
+the first suitable model served (or the one named by an extra `"model"` field)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from starlette.requests import Request
 from . import errors
 from .common import (boolean, check_batch, embed, embedding_model, json_response, positive_int, read_json, run,
                      state, texts)
+from .registry import check_ready
 
 
 async def embed_route(request: Request):
@@ -30,12 +31,11 @@ async def embed_route(request: Request):
 
 
 def classifier(st, name):
-    if name:
-        served = st.registry.get(name)
-        if served.task != "text-classification":
-            raise errors.validation(f"model {served.id} serves {served.task}; /predict needs a text-classification model")
-        return served
-    return st.registry.choose(lambda e: e.task == "text-classification", "text-classification")
+    served = st.registry.pick(name if isinstance(name, str) else None, lambda e: e.task == "text-classification",
+                              "text-classification")
+    if served.task != "text-classification":
+        raise errors.validation(f"model {served.id} serves {served.task}; /predict needs a text-classification model")
+    return served
 
 
 def predict_items(inputs) -> tuple[list, bool]:
@@ -87,7 +87,7 @@ async def rerank(request: Request):
     name = body.get("model")
     cross = lambda e: e.task == "text-classification" and len(e.pipeline.id2label) <= 1  # noqa: E731
     if name:
-        served = st.registry.get(name)
+        served = st.registry.get(str(name))
     elif any(cross(e) for e in st.registry.ready()):
         served = st.registry.choose(cross, "reranker")
     else:
@@ -107,3 +107,96 @@ async def rerank(request: Request):
     ranked = sorted(range(len(docs)), key=lambda i: scores[i], reverse=True)
     return_text = boolean(body.get("return_text"), "return_text", False)
     return json_response([{"index": i, "score": scores[i], **({"text": docs[i]} if return_text else {})} for i in ranked])
+
+
+async def embed_all(request: Request):
+    """Every token's last hidden state, special tokens included: [[[float]]], one (T, D) list per input."""
+    st = state(request)
+    body = await read_json(request)
+    served = embedding_model(st, body.get("model"))
+    if served.pipeline.hf_request != "embedding":
+        raise errors.validation(f"model {served.id} serves {served.task}; /embed_all needs it served as "
+                                "feature-extraction", param="model")
+    items, _ = texts(body.get("inputs"))
+    check_batch(st, len(items))
+    if body.get("prompt_name") is not None:
+        raise errors.validation("prompt_name is not supported by /embed_all", param="prompt_name")
+    if str(body.get("truncation_direction") or "right").lower() != "right":
+        raise errors.validation("truncation_direction: only Right is supported", param="truncation_direction")
+    done = await run(served, "run", items, {"truncation": boolean(body.get("truncate"), "truncate", False)})
+    return json_response([result[0] for result in done.results])  # transformers' (1, T, D) per input → (T, D)
+
+
+def tokenizer_model(st, name):
+    """/tokenize and /decode: the named model, else the first embedding model, else the first served."""
+    if isinstance(name, str) and name:
+        return st.registry.get(name)
+    ready = st.registry.ready()
+    if not ready:
+        return st.registry.choose(lambda e: True, "")
+    return check_ready(next((e for e in ready if e.can_embed), ready[0]))
+
+
+async def tokenize(request: Request):
+    """TEI's /tokenize: per input, its tokens as {id, text, special, start, stop}. `start`/`stop`
+    are byte offsets in the input (UTF-8) and `text` the input's bytes there; special tokens have
+    their token text and null offsets."""
+    st = state(request)
+    body = await read_json(request)
+    served = tokenizer_model(st, body.get("model"))
+    items, _ = texts(body.get("inputs"))
+    check_batch(st, len(items))
+    specials = boolean(body.get("add_special_tokens"), "add_special_tokens", True)
+    if body.get("prompt_name") is not None:
+        raise errors.validation("prompt_name is not supported by /tokenize", param="prompt_name")
+    tokenizer = served.pipeline.tokenizer
+    out = []
+    for text, enc in zip(items, tokenizer.encode_batch(items, add_special_tokens=specials)):
+        offsets = getattr(enc, "offsets", None)
+        if offsets is None:
+            raise errors.validation(f"model {served.id}'s tokenizer gives no offsets (it has no tokenizer.json)",
+                                    param="model")
+        data = text.encode()
+        byte_at = _byte_offsets(text)
+        tokens = []
+        for token_id, token, (start, stop), special in zip(enc.ids, enc.tokens, offsets, enc.special_tokens_mask):
+            if special:
+                tokens.append({"id": token_id, "text": token, "special": True, "start": None, "stop": None})
+            else:
+                b0, b1 = byte_at[start], byte_at[stop]
+                tokens.append({"id": token_id, "text": data[b0:b1].decode(errors="replace"), "special": False,
+                               "start": b0, "stop": b1})
+        out.append(tokens)
+    return json_response(out)
+
+
+def _byte_offsets(text: str) -> list[int]:
+    """Character offset → UTF-8 byte offset, for every offset 0..len(text)."""
+    out, n = [0], 0
+    for ch in text:
+        n += len(ch.encode())
+        out.append(n)
+    return out
+
+
+async def decode(request: Request):
+    """TEI's /decode: {"ids": [int] | [[int]], "skip_special_tokens": true} → one string per sequence."""
+    st = state(request)
+    body = await read_json(request)
+    served = tokenizer_model(st, body.get("model"))
+    ids = body.get("ids")
+    is_ids = lambda v: isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in v)  # noqa: E731
+    if is_ids(ids) and ids:
+        batch = [ids]
+    elif isinstance(ids, list) and ids and all(is_ids(v) for v in ids):
+        batch = ids
+    else:
+        raise errors.validation("ids must be a non-empty list of token ids or a list of them", param="ids")
+    check_batch(st, len(batch), "ids")
+    tokenizer = served.pipeline.tokenizer
+    for seq in batch:
+        bad = next((t for t in seq if t < 0 or tokenizer.id_to_token(t) is None), None)
+        if bad is not None:
+            raise errors.validation(f"token id {bad} is not in the model's vocabulary", param="ids")
+    skip = boolean(body.get("skip_special_tokens"), "skip_special_tokens", True)
+    return json_response([tokenizer.decode(seq, skip_special_tokens=skip) for seq in batch])

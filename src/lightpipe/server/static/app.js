@@ -60,9 +60,32 @@ function modelPath(id) {
   return "/models/" + id.split("/").map(encodeURIComponent).join("/");
 }
 
+// -- API key (a server started with --api-key): kept for this tab, sent with every call ------
+
+const KEY_STORE = "lightpipe-api-key";
+const plainFetch = window.fetch.bind(window);
+window.fetch = (path, options = {}) => {
+  const key = sessionStorage.getItem(KEY_STORE);
+  if (!key || typeof path !== "string" || !path.startsWith("/")) return plainFetch(path, options);
+  const headers = new Headers(options.headers || {});
+  headers.set("Authorization", "Bearer " + key);
+  return plainFetch(path, { ...options, headers });
+};
+
+function setupApiKey() {
+  const input = $("api-key");
+  input.value = sessionStorage.getItem(KEY_STORE) || "";
+  input.addEventListener("change", () => {
+    if (input.value.trim()) sessionStorage.setItem(KEY_STORE, input.value.trim());
+    else sessionStorage.removeItem(KEY_STORE);
+    refresh().catch((e) => showError(`could not reach the server: ${e.message}`));
+  });
+}
+
 // the headers of the requests a task sends (and of the curl / Python shown for them)
 function requestHeaders() {
-  return { "Content-Type": "application/json" };
+  const key = sessionStorage.getItem(KEY_STORE);
+  return key ? { "Content-Type": "application/json", Authorization: "Bearer " + key } : { "Content-Type": "application/json" };
 }
 
 // an error body's message: {"error": "..."} (HF / TGI / TEI) or {"error": {"message": ...}} (OpenAI)
@@ -536,6 +559,7 @@ function eventData(event) {
 // -- start ---------------------------------------------------------------------------------
 
 function init() {
+  setupApiKey();
   for (const task of TASKS) {
     $("search-task").append(el("option", { value: task }, task));
     $("load-task").append(el("option", { value: task }, task));
