@@ -120,12 +120,9 @@ class GenerationConfig:
             )
         for name in ("eos_token_id", "forced_eos_token_id"):
             ids = getattr(self, name)
-            values = ids.tolist() if hasattr(ids, "tolist") else ids  # a tensor or array, as transformers takes them
-            if ids is not None and not (
-                _is_token_id(values)
-                or (isinstance(values, (list, tuple)) and values and all(_is_token_id(t) for t in values))
-            ):
-                raise ValueError(f"`{name}` must be a token id or a non-empty list of token ids, got {ids!r}")
+            if ids is not None and not _token_ids(ids):
+                raise ValueError(f"`{name}` must be a token id or a non-empty list of token ids "
+                                 f"(a negative id: no end-of-sequence token, as transformers), got {ids!r}")
         if self.bad_words_ids is not None and (
             not isinstance(self.bad_words_ids, list)
             or not self.bad_words_ids
@@ -164,5 +161,9 @@ def pipeline_generation_config(folder, config: dict, task: str, pipeline_default
     return generation, prefix
 
 
-def _is_token_id(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _token_ids(value) -> bool:
+    """An integer (a python int, numpy's or a one-element tensor's) or a non-empty list of them."""
+    if hasattr(value, "tolist"):  # a tensor or array: its python values
+        value = value.tolist()
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return bool(items) and all(isinstance(t, int) and not isinstance(t, bool) for t in items)
