@@ -116,24 +116,33 @@ def test_left_padded_logits_match_transformers(checkpoints, name):
 # differ from a full forward's, in transformers too; test_generation compares its generate() instead)
 @pytest.mark.parametrize("name", ["gpt2", "llama", "mistral-window", "qwen2-window", "llama3-rope"])
 @pytest.mark.parametrize("padded", [False, True])
-def test_kv_cache_decode_equals_full_forward(checkpoints, name, padded):
+@pytest.mark.parametrize("chunks", [(7,), (3, 4)], ids=["prefill", "chunked"])
+def test_kv_cache_decode_equals_full_forward(checkpoints, name, padded, chunks):
+    """The cache's rows hold only real tokens, each row at its own length: a left-padded chunk
+    writes each row's real tokens (counts), then one-token steps; logits equal a full pass."""
     folder, _ = checkpoints[name]
     model, _ = load_model(folder)
     ids = tokens(length=12)
     mask = torch.ones_like(ids)
     if padded:
         ids, mask = left_padded(ids, (0, 2, 4))
+    B = ids.shape[0]
     with torch.no_grad():
         full = model(ids, attention_mask=mask if padded else None)
-        cache = model.new_cache(ids.shape[0], 12)
-        prefix = 7
-        steps = [model(ids[:, :prefix], attention_mask=mask[:, :prefix] if padded else None, cache=cache)]
-        for t in range(prefix, 12):
-            steps.append(model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1] if padded else None, cache=cache))
+        cache = model.new_cache()
+        rows = cache.add_rows(B, 12)
+        steps, start = [], 0
+        for n in chunks:  # the prompt's first 7 columns, in chunks; each row counts its real tokens
+            cache.begin(rows, mask[:, start:start + n].sum(1).tolist(), n)
+            steps.append(model(ids[:, start:start + n], cache=cache))
+            start += n
+        for t in range(start, 12):
+            cache.begin(rows, None, 1)
+            steps.append(model(ids[:, t : t + 1], cache=cache))
     stepped = torch.cat(steps, dim=1)
     real = mask.bool()
     torch.testing.assert_close(stepped[real], full[real], atol=1e-5, rtol=1e-5)
-    assert cache.length == 12
+    assert [cache.length(r) for r in rows] == mask.sum(1).tolist()
 
 
 def test_base_model_hidden_states(checkpoints):

@@ -77,7 +77,15 @@ def eos_that_fires(ref, ids, mask, step=3, row=0):
 def test_greedy_batched_left_padded(models, name):
     ref, ours = models[name]
     ids, mask = prompts()
-    same(ref, ours, ids, mask, max_new_tokens=10)
+    if name != "llama-dynamic-rope":
+        same(ref, ours, ids, mask, max_new_tokens=10)
+        return
+    # dynamic NTK rope regrows its frequencies by the longest position in transformers' batch, so
+    # there a row's tokens depend on its neighbours; lightpipe gives each row its own (README,
+    # deviations): each prompt as transformers generates it alone
+    for row, m in zip(ids, mask):
+        real = row[m.bool()][None]
+        same(ref, ours, real, torch.ones_like(real), max_new_tokens=10)
 
 
 def test_greedy_single_prompt_and_default_length(models):
@@ -169,25 +177,6 @@ def test_beam_search_early_stopping_never_looks_ahead(models):
     heuristic = same(ref, ours, ids, mask, early_stopping=False, **kw)
     never = same(ref, ours, ids, mask, early_stopping="never", **kw)
     assert not torch.equal(heuristic, never)
-
-
-def test_drop_finished_rows_gives_the_same_result(models):
-    ref, ours = models["gpt2"]
-    ids, mask = prompts(batch=6, pads=(0, 1, 2, 3, 4, 5))
-    eos = eos_that_fires(ref, ids, mask, step=1, row=2)
-    kept = generate(ours, ids, mask, max_new_tokens=15, eos_token_id=eos, pad_token_id=PAD, drop_finished=False)
-    dropped = generate(ours, ids, mask, max_new_tokens=15, eos_token_id=eos, pad_token_id=PAD, drop_finished=True)
-    assert torch.equal(kept, dropped)
-    same(ref, ours, ids, mask, max_new_tokens=15, eos_token_id=eos)
-
-
-def test_streamer_gets_each_step(models):
-    ref, ours = models["gpt2"]
-    ids, mask = prompts()
-    seen = []
-    out = generate(ours, ids, mask, max_new_tokens=6, pad_token_id=PAD, streamer=seen.append)
-    assert len(seen) == 6
-    assert torch.equal(torch.stack(seen, 1), out[:, 7:])
 
 
 # ------------------------------------------------------------------------------------------ sampling

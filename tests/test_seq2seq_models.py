@@ -136,12 +136,14 @@ def test_cached_decoding_matches_full_pass(case, chunks):
     ids, mask, dec = batch(reference.config)
     enc = ours.encode(ids, mask)
     full = ours.decode(dec, encoder_hidden=enc, encoder_mask=mask)
-    cache = ours.new_cache(dec.shape[0], dec.shape[1] + 2)
+    cache = ours.new_cache()
+    rows = cache.add_rows(dec.shape[0], dec.shape[1] + 2, cross=ids.shape[1])
     pieces, start = [], 0
-    for n in chunks:  # decode() writes at the cursor and advances it itself (engine protocol)
-        pieces.append(ours.decode(dec[:, start : start + n], encoder_hidden=enc, encoder_mask=mask, cache=cache))
+    for n in chunks:  # the first pass stores the encoder keys (cross_mask), later ones read them
+        cache.begin(rows, None, n, cross_mask=mask if start == 0 else None)
+        pieces.append(ours.decode(dec[:, start : start + n], encoder_hidden=enc if start == 0 else None, cache=cache))
         start += n
-    assert cache.length == dec.shape[1] and len(cache.cross) > 0
+    assert [cache.length(r) for r in rows] == [dec.shape[1]] * dec.shape[0]
     torch.testing.assert_close(torch.cat(pieces, 1), full, **TOL)
     # the cached run must also agree with transformers, not just with ourselves
     theirs = reference(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
@@ -273,7 +275,6 @@ def test_generate_matches_transformers(name, kwargs, tmp_path_factory):
     assert torch.equal(generate(ours, ids, mask, defaults, **kwargs), theirs)
 
 
-
 @torch.inference_mode()
 @pytest.mark.parametrize("name", ["bart", "t5-gated-untied", "marian"])
 def test_int8_model_decodes_with_its_cache(name, tmp_path_factory):
@@ -288,9 +289,13 @@ def test_int8_model_decodes_with_its_cache(name, tmp_path_factory):
     assert ours.lm_head.weight.dtype == torch.int8
     full = ours(ids, mask, dec)
     enc = ours.encode(ids, mask)
-    cache = ours.new_cache(dec.shape[0], dec.shape[1])
-    assert cache.k.dtype == torch.float32
-    steps = torch.cat([ours.decode(dec[:, i : i + 1], encoder_hidden=enc, encoder_mask=mask, cache=cache)
-                       for i in range(dec.shape[1])], 1)
+    cache = ours.new_cache()
+    rows = cache.add_rows(dec.shape[0], dec.shape[1], cross=ids.shape[1])
+    assert cache.dtype == cache.k.dtype == torch.float32
+    pieces = []
+    for i in range(dec.shape[1]):  # the first pass stores the encoder keys, later ones read them
+        cache.begin(rows, None, 1, cross_mask=mask if i == 0 else None)
+        pieces.append(ours.decode(dec[:, i : i + 1], encoder_hidden=enc if i == 0 else None, cache=cache))
+    steps = torch.cat(pieces, 1)
     # bfloat16 activations in the int8 kernel: one step at a time rounds differently from the full pass
     assert (steps - full).abs().max() / full.abs().max() < 2e-2

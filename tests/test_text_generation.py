@@ -222,6 +222,44 @@ def test_stream_yields_the_same_text(folder):
         ours(long, do_sample=False, max_new_tokens=12, return_full_text=False)[0]["generated_text"]
 
 
+def test_stream_runs_on_the_callers_thread_and_closing_it_stops_generation(tmp_path):
+    """No thread, no queue: each piece costs the forward passes that made it, and a consumer
+    that stops reading stops the compute at once."""
+    import threading
+
+    ours = pipeline("text-generation", model=causal_lm_checkpoint(tmp_path, "gpt2", gpt2_tokenizer(tmp_path)))
+    passes, threads = [], []
+
+    def count(*_):
+        passes.append(1)
+        threads.append(threading.get_ident())
+
+    hook = ours.model.register_forward_hook(count)
+    try:
+        stream = ours.stream(PROMPTS[1], do_sample=False, max_new_tokens=40, eos_token_id=-1)
+        before = threading.active_count()
+        pieces = [next(stream) for _ in range(3)]
+        assert threading.active_count() == before and set(threads) == {threading.get_ident()}
+        made = len(passes)
+        stream.close()
+        assert len(passes) == made and made < 40 and pieces
+    finally:
+        hook.remove()
+
+
+def test_a_prompt_larger_than_the_kv_budget_still_runs(tmp_path, monkeypatch):
+    """The pipeline's engine runs a prompt larger than its KV budget alone (the budget decides
+    what runs together, not whether a prompt can run); the results are the same."""
+    import lightpipe.pipelines.generative as generative
+
+    ours = pipeline("text-generation", model=causal_lm_checkpoint(tmp_path, "gpt2", gpt2_tokenizer(tmp_path)))
+    options = dict(do_sample=False, max_new_tokens=10, return_full_text=False)
+    roomy = ours(PROMPTS, **options)
+    monkeypatch.setattr(generative, "KV_BUDGET_TOKENS", 12)  # smaller than any prompt + 10 new tokens
+    assert ours(PROMPTS, **options) == roomy
+    assert "".join(ours.stream(PROMPTS[1], do_sample=False, max_new_tokens=10)) == roomy[1][0]["generated_text"]
+
+
 def test_stream_follows_the_prompt_options(folder):
     """stream() encodes the prompt as the call does (prefix, add_special_tokens)."""
     ours = pipeline("text-generation", model=folder)
@@ -234,12 +272,7 @@ def test_stream_follows_the_prompt_options(folder):
 def streamed(pipe, prompt: list[int], new: list[int]) -> tuple[list[str], str]:
     """The pieces stream() makes of `new` arriving one token at a time after `prompt`, and the
     text the call returns for them (return_full_text=False)."""
-    import queue
-
-    tokens = queue.Queue()
-    for token in new + [None]:
-        tokens.put(token)
-    pieces = list(pipe._pieces(tokens, pipe.generation, {}, prompt))
+    pieces = list(pipe._pieces(iter(new), pipe.generation, {}, prompt))
     decode = pipe.text_decoder()
     return pieces, decode(prompt + new)[len(decode(prompt)):]
 
@@ -383,18 +416,18 @@ def test_server_routes_encode_prompts_as_transformers(tmp_path):
     chat_expected = theirs(CHAT, **greedy)[0]["generated_text"]
     prompt_tokens = len(theirs.tokenizer(prompt)["input_ids"])
     chat_tokens = len(theirs.tokenizer.apply_chat_template(CHAT, add_generation_prompt=True))
-    with start_in_thread(create_app([f"text-generation={folder}"])) as running:
+    with start_in_thread(create_app([f"mistral=text-generation={folder}"])) as running:
         wait_healthy(running.url)
         client = OpenAI(base_url=running.url + "/v1", api_key="-")
-        done = client.completions.create(model=str(folder), prompt=prompt, max_tokens=8, temperature=0)
+        done = client.completions.create(model="mistral", prompt=prompt, max_tokens=8, temperature=0)
         assert done.choices[0].text == expected and done.usage.prompt_tokens == prompt_tokens
-        chunks = list(client.completions.create(model=str(folder), prompt=prompt, max_tokens=8, temperature=0,
+        chunks = list(client.completions.create(model="mistral", prompt=prompt, max_tokens=8, temperature=0,
                                                 stream=True, stream_options={"include_usage": True}))
         assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
         assert chunks[-1].usage.prompt_tokens == prompt_tokens
-        out = client.chat.completions.create(model=str(folder), messages=CHAT, max_tokens=8, temperature=0)
+        out = client.chat.completions.create(model="mistral", messages=CHAT, max_tokens=8, temperature=0)
         assert out.choices[0].message.content == chat_expected and out.usage.prompt_tokens == chat_tokens
-        chunks = list(client.chat.completions.create(model=str(folder), messages=CHAT, max_tokens=8, temperature=0,
+        chunks = list(client.chat.completions.create(model="mistral", messages=CHAT, max_tokens=8, temperature=0,
                                                      stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat_expected
         hf = httpx.post(running.url + "/", json={"inputs": prompt, "parameters": {"max_new_tokens": 8}}, timeout=60)

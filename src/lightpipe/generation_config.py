@@ -120,12 +120,9 @@ class GenerationConfig:
             )
         for name in ("eos_token_id", "forced_eos_token_id"):
             ids = getattr(self, name)
-            if ids is not None and not (
-                (isinstance(ids, int) and not isinstance(ids, bool) and ids >= 0)
-                or (isinstance(ids, (list, tuple)) and ids
-                    and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids))
-            ):
-                raise ValueError(f"`{name}` must be a token id or a non-empty list of token ids, got {ids!r}")
+            if ids is not None and not _token_ids(ids):
+                raise ValueError(f"`{name}` must be a token id or a non-empty list of token ids "
+                                 f"(a negative id: no end-of-sequence token, as transformers), got {ids!r}")
         if self.bad_words_ids is not None and (
             not isinstance(self.bad_words_ids, list)
             or not self.bad_words_ids
@@ -162,3 +159,11 @@ def pipeline_generation_config(folder, config: dict, task: str, pipeline_default
     if generation.pad_token_id is None and pad_token_id is not None:
         generation = generation.merge(pad_token_id=pad_token_id)
     return generation, prefix
+
+
+def _token_ids(value) -> bool:
+    """An integer (a python int, numpy's or a one-element tensor's) or a non-empty list of them."""
+    if hasattr(value, "tolist"):  # a tensor or array: its python values
+        value = value.tolist()
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return bool(items) and all(isinstance(t, int) and not isinstance(t, bool) for t in items)

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from .base import Family, Model, ModelConfig
-from .common import (KVCache, activation, attention, clamp_fp16, decoder_mask, merge_heads, padding_bias, padding_mask,
-                     split_heads)
+from .common import activation, attention, clamp_fp16, decoder_mask, merge_heads, padding_bias, padding_mask, split_heads
+from .kv_cache import KVCache
 
 
 @dataclass
@@ -118,18 +118,17 @@ class DecoderLayer(nn.Module):
     def forward(self, x, i: int, self_mask, causal: bool, encoder_hidden, cross_mask, cache: KVCache | None):
         def self_attn(h):
             k, v = self.self_attn.project_kv(h)
-            if cache is not None:  # write this step's keys at the cursor, attend over everything so far
+            if cache is not None:  # write this step's keys at each row's length, attend over the row so far
                 k, v = cache.update(i, k, v)
             return self.self_attn(h, k, v, self_mask, causal)
 
         def cross_attn(h):
-            if cache is not None and i in cache.cross:
-                k, v = cache.cross[i]
-            else:  # the encoder output doesn't change during generation: project it once
-                k, v = self.encoder_attn.project_kv(encoder_hidden)
+            kv = cache.cross(i) if cache is not None else None
+            if kv is None:  # the encoder output doesn't change during generation: project it once
+                kv = self.encoder_attn.project_kv(encoder_hidden)
                 if cache is not None:
-                    cache.cross[i] = (k, v)
-            return self.encoder_attn(h, k, v, cross_mask)
+                    cache.store_cross(i, *kv)
+            return self.encoder_attn(h, *kv, cross_mask)
 
         x = residual(x, self.self_attn_layer_norm, self_attn, self.prenorm)
         x = residual(x, self.encoder_attn_layer_norm, cross_attn, self.prenorm)
@@ -162,16 +161,17 @@ class LearnedPositions(nn.Embedding):
     def __init__(self, n_positions: int, dim: int):
         super().__init__(n_positions + 2, dim)
 
-    def forward(self, start: int, length: int) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
         # a lookup, not a slice: a position past the table is an IndexError, not a short slice
-        return super().forward(torch.arange(start + 2, start + 2 + length, device=self.weight.device))  # (T, D)
+        return super().forward(positions + 2)  # (..., T, D)
 
 
 class Stack(nn.Module):
     """What the encoder and the decoder share: token embeddings (times sqrt(d_model) where the
-    config says so) plus `embed_positions` (a module: (start, length) → (T, D) — learned here,
-    sinusoidal in Marian), an optional layernorm_embedding (BART's, not Marian's), the layers, and
-    a final layer_norm for pre-norm models (mBART)."""
+    config says so) plus `embed_positions` (a module: position ids (T,) or (B, T) → (..., T, D) —
+    learned here, sinusoidal in Marian), an optional
+    layernorm_embedding (BART's, not Marian's), the layers, and a final layer_norm for pre-norm
+    models (mBART)."""
 
     def __init__(self, cfg: Config, embed_tokens: nn.Embedding, embed_positions: nn.Module, layers: list[nn.Module],
                  layernorm_embedding: bool):
@@ -183,8 +183,10 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.layer_norm = nn.LayerNorm(cfg.d_model) if cfg.prenorm else None
 
-    def embed(self, input_ids, past: int = 0):
-        x = self.embed_tokens(input_ids) * self.embed_scale + self.embed_positions(past, input_ids.shape[1])
+    def embed(self, input_ids, positions=None):
+        if positions is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.embed_tokens(input_ids) * self.embed_scale + self.embed_positions(positions)
         return self.layernorm_embedding(x) if self.layernorm_embedding is not None else x
 
     def final_norm(self, x):
@@ -213,12 +215,16 @@ class Decoder(Stack):
                                cfg.prenorm) for _ in range(cfg.decoder_layers)]
         super().__init__(cfg, embed_tokens, embed_positions, layers, layernorm_embedding)
 
-    def forward(self, input_ids, encoder_hidden, encoder_mask=None, cache=None, attention_mask=None):
+    def forward(self, input_ids, encoder_hidden, encoder_mask=None, cache: KVCache | None = None, attention_mask=None):
         T = input_ids.shape[1]
-        past = cache.length if cache is not None else 0
-        x = self.embed(input_ids, past)
-        self_mask, causal = decoder_mask(attention_mask, T, past, x.dtype, x.device)
-        enc_mask = padding_bias(encoder_mask, x.dtype) if encoder_mask is not None else None  # (B, 1, 1, S)
+        if cache is not None:  # each row at its own length, its own source
+            x = self.embed(input_ids, cache.positions)
+            self_mask, causal = cache.mask(x.dtype)
+            enc_mask = cache.cross_mask(x.dtype)  # (B, 1, 1, S)
+        else:
+            x = self.embed(input_ids)
+            self_mask, causal = decoder_mask(attention_mask, T, x.dtype, x.device)
+            enc_mask = padding_bias(encoder_mask, x.dtype) if encoder_mask is not None else None  # (B, 1, 1, S)
         for i, layer in enumerate(self.layers):
             x = layer(x, i, self_mask, causal, encoder_hidden, enc_mask, cache)
         return self.final_norm(x)
@@ -289,17 +295,15 @@ class BartForConditionalGeneration(Model):
     def encode(self, input_ids, attention_mask=None):
         return self.model.encoder(input_ids, attention_mask)
 
-    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
+    def new_cache(self, budget_tokens: int | None = None, dtype=None, device=None) -> KVCache:
         # the token embedding's dtype: quantize="int8" turns lm_head's weight into int8
         cfg, w = self.config, self.model.decoder.embed_tokens.weight
         heads = cfg.decoder_attention_heads
         head_dim = cfg.d_model // heads
-        return KVCache(cfg.decoder_layers, batch, heads, max_len, head_dim, dtype or w.dtype, device or w.device)
+        return KVCache(cfg.decoder_layers, heads, head_dim, dtype or w.dtype, device or w.device, budget_tokens)
 
-    def decode(self, decoder_input_ids, encoder_hidden, encoder_mask=None, cache=None, decoder_attention_mask=None):
+    def decode(self, decoder_input_ids, encoder_hidden=None, encoder_mask=None, cache=None, decoder_attention_mask=None):
         h = self.model.decoder(decoder_input_ids, encoder_hidden, encoder_mask, cache, decoder_attention_mask)
-        if cache is not None:  # every layer has written its T new keys: move the cursor (engine protocol)
-            cache.advance(decoder_input_ids.shape[1])
         return self.lm_head(h) + self.final_logits_bias  # (B, T, V)
 
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):

@@ -5,7 +5,7 @@ A family module (`models/<family>.py`) builds on three things from here:
   ModelConfig  the dataclass base of its `Config`: `from_dict(config.json)` keeps the keys the
                subclass declares; derived values and checks go in `__post_init__`
   Model        the base of every model class it offers (every head): the hooks loading.py,
-               generation.py and quantize.py call, each with a default that does nothing
+               the generation engine and quantize.py call, each with a default that does nothing
   Family       its registration record, listed in the module's `FAMILIES`: which Hub
                model_types it builds, its Config, its heads and its checkpoint `sanitize`
 
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, ClassVar, Self
 from torch import nn
 
 if TYPE_CHECKING:
-    from .common import KVCache
+    from .kv_cache import KVCache
 
 
 @dataclass
@@ -62,19 +62,25 @@ class Model(nn.Module):
       post_load()        on the final device and dtype: rebuild non-persistent buffers, fuse
                          projections
 
-    Generation (generation.py; only causal-LM and seq2seq-LM heads implement it):
+    Generation (lightpipe.generation; only causal-LM and seq2seq-LM heads implement it):
       is_encoder_decoder  False: `forward` with a cache; True: `encode` then `decode`
       max_positions       the hard context limit (a learned position table), None if there's none
       context_length      the trained context (config.json's max_position_embeddings), which
                           caps the default generation length; None if the checkpoint has none
-      new_cache(batch, max_len, dtype=None, device=None) -> KVCache
-      decoder-only:  forward(input_ids (B, T), attention_mask=None | (B, S_total) 1/0 over every
-                     key position including the cached ones, position_ids=None | (B, T),
-                     cache=None | KVCache, logits_to_keep=0) -> logits (B, T', V)
-                     The model writes its T new keys/values at cache.length and calls
-                     cache.advance(T) itself. logits_to_keep=n > 0 returns only the last n
-                     positions' logits (prefill needs 1). With attention_mask and no
-                     position_ids, positions count the mask's ones (left padding).
+      new_cache(budget_tokens=None, dtype=None, device=None) -> KVCache
+                          an empty cache (models/kv_cache.py) shaped for the decoder's layers;
+                          the engine adds rows (sequences) to it within the budget
+      decoder-only:  forward(input_ids (B, T), attention_mask=None | (B, T) 1/0,
+                     position_ids=None | (B, T), cache=None | KVCache, logits_to_keep=0)
+                     -> logits (B, T', V)
+                     Without a cache: one pass over (left-padded) rows; with attention_mask and
+                     no position_ids, positions count the mask's ones. With a cache: the rows
+                     the engine began (`cache.begin`), each at its own length — positions come
+                     from `cache.positions`, the self-attention mask from `cache.mask(dtype,
+                     window)`, and each layer writes and reads its keys through
+                     `cache.update(layer, k, v)` (the cache moves its lengths on itself).
+                     logits_to_keep=n > 0 returns only the last n positions' logits (prefill
+                     needs 1).
       encoder-decoder: encode(...) and decode(...) below.
     """
 
@@ -91,24 +97,25 @@ class Model(nn.Module):
     def post_load(self) -> None:
         """Nothing to rebuild by default."""
 
-    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
-        """A KV cache for `batch` rows of up to `max_len` positions (decoder positions for a
-        seq2seq model), on the model's dtype and device unless given."""
+    def new_cache(self, budget_tokens: int | None = None, dtype=None, device=None) -> KVCache:
+        """An empty KV cache for the decoder (no rows yet) holding at most `budget_tokens`
+        positions in all, on the model's dtype and device unless given."""
         raise self._not_generative()
 
     def encode(self, input_ids, attention_mask=None):
         """Encoder-decoder: input_ids (B, S), attention_mask (B, S) -> encoder hidden states (B, S, D)."""
         raise self._not_generative()
 
-    def decode(self, decoder_input_ids, encoder_hidden, encoder_mask=None, cache=None, decoder_attention_mask=None):
+    def decode(self, decoder_input_ids, encoder_hidden=None, encoder_mask=None, cache=None,
+               decoder_attention_mask=None):
         """Encoder-decoder: decoder_input_ids (B, T) -> logits (B, T, V).
 
-        On its first call (cache.cross empty) it computes every layer's cross-attention k/v from
-        `encoder_hidden` and stores them in cache.cross[layer] as (B, H, S, D) tensors; later
-        calls reuse them (and may ignore `encoder_hidden`, but must use `encoder_mask`). Like the
-        decoder-only forward, it writes self-attention k/v at cache.length and calls
-        cache.advance(T). The engine calls it with T=1 each step, starting from
-        decoder_start_token_id.
+        Without a cache: one pass over `encoder_hidden` (B, S, D) with its `encoder_mask`. With a
+        cache, as the decoder-only forward (positions, masks and self-attention keys from the
+        cache), and for cross-attention each layer asks `cache.cross(layer)`: None on the pass
+        the engine began with a cross_mask (the rows' first), where the layer projects
+        `encoder_hidden` and stores the result with `cache.store_cross(layer, k, v)`; the stored
+        keys/values on every later pass. The source mask is `cache.cross_mask(dtype)`.
         """
         raise self._not_generative()
 

@@ -1,4 +1,5 @@
-"""Small pieces shared by the model families: activations, masks, attention, the KV cache.
+"""Small pieces shared by the model families: activations, masks, attention, rotary positions.
+The KV cache has its own file (kv_cache.py).
 
 Keep this file small. A family that needs a variant writes its own rather than growing
 flags here.
@@ -75,71 +76,29 @@ def attention(q, k, v, mask=None, causal=False, scale=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale)
 
 
-class KVCache:
-    """Preallocated keys/values for every layer: written in place, never concatenated.
-
-    Shapes: (layers, B, H_kv, max_len, D). `length` is how many positions are filled;
-    a forward pass writes its T new positions at [length, length + T) and `advance(T)`
-    moves the cursor once all layers have written. `cross` holds encoder-decoder
-    cross-attention keys/values, computed once per generation.
-    """
-
-    def __init__(self, n_layers, batch, n_kv_heads, max_len, head_dim, dtype, device):
-        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.length = 0
-        self.max_len = max_len
-        self.cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, H_kv, T, D) at the cursor; return all filled keys/values for `layer`."""
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache overflow: {end} positions > max_len={self.max_len}")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows (beam search re-ranking, dropping finished rows)."""
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
-        self.cross = {i: (k.index_select(0, index), v.index_select(0, index)) for i, (k, v) in self.cross.items()}
-
-
-def causal_allowed(q_len: int, past: int, device, window: int | None = None) -> torch.Tensor:
-    """(1, 1, T, S) booleans: which of the past + q_len keys each of the q_len new queries (at
-    positions [past, past + q_len)) may see — itself and earlier ones, within an optional sliding
-    `window` (key j visible from query i when i - window < j <= i, in cache slots)."""
-    q = torch.arange(past, past + q_len, device=device)[:, None]
-    k = torch.arange(past + q_len, device=device)[None, :]
-    allowed = k <= q  # (T, S)
+def causal_allowed(q_len: int, device, window: int | None = None) -> torch.Tensor:
+    """(1, 1, T, T) booleans for a pass without a cache: query i sees keys j <= i, within an
+    optional sliding `window` (i - window < j). Cached passes get theirs from the KVCache."""
+    q = torch.arange(q_len, device=device)[:, None]
+    k = torch.arange(q_len, device=device)[None, :]
+    allowed = k <= q  # (T, T)
     if window is not None:
         allowed = allowed & (k > q - window)
     return allowed[None, None]
 
 
-def decoder_mask(attention_mask, q_len: int, past: int, dtype, device, window: int | None = None):
-    """Self-attention mask for `q_len` new queries after `past` cached positions.
+def decoder_mask(attention_mask, q_len: int, dtype, device, window: int | None = None):
+    """Self-attention mask of a decoder pass without a cache over `q_len` tokens.
 
-    Returns (mask, is_causal) for `attention()`: no mask at all when SDPA can do it alone (no
-    padding: a single decode step sees every key; a fresh prefill is plainly causal, while with a
-    past SDPA's `is_causal` would align the triangle top-left, which is wrong), else an additive
-    (B|1, 1, T, S) mask combining causality, the 1/0 `attention_mask` (B, S) and the `window`.
+    Returns (mask, is_causal) for `attention()`: no mask when SDPA's causal flag does it alone
+    (no padding, no window cutting in), else an additive (B|1, 1, T, T) mask combining causality,
+    the 1/0 `attention_mask` (B, T) and the `window`.
     """
-    total = past + q_len
-    if attention_mask is None and (window is None or total <= window):
-        if q_len == 1:
-            return None, False
-        if past == 0:
-            return None, True
-    allowed = causal_allowed(q_len, past, device, window)
+    if attention_mask is None and (window is None or q_len <= window):
+        return None, q_len > 1
+    allowed = causal_allowed(q_len, device, window)
     if attention_mask is not None:
-        allowed = allowed & attention_mask[:, None, None, :total].bool()
+        allowed = allowed & attention_mask[:, None, None, :q_len].bool()
     # built as one boolean, converted once: adding two finfo.min masks would overflow to -inf
     zero = torch.zeros((), dtype=dtype, device=device)
     return torch.where(allowed, zero, torch.finfo(dtype).min), False
@@ -181,7 +140,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def rotary_cos_sin(inv_freq: torch.Tensor, position_ids: torch.Tensor, dtype, scaling: float = 1.0):
-    """cos, sin (B, 1, T, D) for rotary embeddings at `position_ids` (B, T), computed in float32."""
+    """cos, sin (B, 1, T, D) for rotary embeddings at `position_ids` (B, T), computed in float32;
+    `inv_freq` (D/2,) for every row, or (B, D/2) one per row."""
+    if inv_freq.dim() == 2:
+        inv_freq = inv_freq[:, None, :]
     freqs = position_ids[:, :, None].float() * inv_freq.float()  # (B, T, D/2)
     emb = torch.cat((freqs, freqs), dim=-1)
     cos, sin = emb.cos(), emb.sin()

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from .base import Family, Model, ModelConfig
-from .common import Conv1D, KVCache, activation, attention, decoder_mask, lm_logits, merge_heads, padded_positions
+from .common import Conv1D, activation, attention, decoder_mask, lm_logits, merge_heads, padded_positions
+from .kv_cache import KVCache
 
 
 @dataclass
@@ -103,31 +104,34 @@ class GPT2Model(Model):
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
-    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
+    def new_cache(self, budget_tokens: int | None = None, dtype=None, device=None) -> KVCache:
         c = self.config
         w = self.wte.weight
-        return KVCache(c.n_layer, batch, c.n_head, max_len, c.head_dim, dtype or w.dtype, device or w.device)
+        return KVCache(c.n_layer, c.n_head, c.head_dim, dtype or w.dtype, device or w.device, budget_tokens)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
         B, T = input_ids.shape
-        past = cache.length if cache is not None else 0
-        if past + T > self.max_positions:
+        end = cache.key_length if cache is not None else T
+        if end > self.max_positions:
             raise ValueError(
-                f"input_ids reach position {past + T} but GPT-2's context is {self.max_positions} positions; "
+                f"input_ids reach position {end} but GPT-2's context is {self.max_positions} positions; "
                 "truncate the input"
             )
-        if position_ids is None and attention_mask is not None:
+        if cache is not None:  # each row at its own length
+            position_ids = cache.positions
+        elif position_ids is None and attention_mask is not None:
             position_ids = padded_positions(attention_mask, T)
         if position_ids is None:
-            pos = self.wpe.weight[past : past + T]  # (T, C): a slice, no gather
+            pos = self.wpe.weight[:T]  # (T, C): a slice, no gather
         else:
             pos = self.wpe(position_ids)
         x = self.wte(input_ids) + pos
-        mask, is_causal = decoder_mask(attention_mask, T, past, x.dtype, x.device)
+        if cache is not None:
+            mask, is_causal = cache.mask(x.dtype)
+        else:
+            mask, is_causal = decoder_mask(attention_mask, T, x.dtype, x.device)
         for block in self.h:
             x = block(x, mask, is_causal, cache)
-        if cache is not None:
-            cache.advance(T)
         return self.ln_f(x)
 
 
@@ -146,8 +150,8 @@ class GPT2LMHeadModel(Model):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
 
-    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
-        return self.transformer.new_cache(batch, max_len, dtype, device)
+    def new_cache(self, budget_tokens: int | None = None, dtype=None, device=None) -> KVCache:
+        return self.transformer.new_cache(budget_tokens, dtype, device)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, logits_to_keep: int = 0):
         x = self.transformer(input_ids, attention_mask, position_ids, cache)

@@ -18,7 +18,6 @@ from torch import nn
 
 from .base import Family, Model, ModelConfig
 from .common import (
-    KVCache,
     RMSNorm,
     activation,
     apply_rotary,
@@ -28,6 +27,7 @@ from .common import (
     padded_positions,
     rotary_cos_sin,
 )
+from .kv_cache import KVCache
 
 
 @dataclass
@@ -125,11 +125,21 @@ class Rotary(nn.Module):
         self.inv_freq = inv_freq.to(device)
         self.grown = None
 
-    def forward(self, position_ids, dtype):
+    def forward(self, position_ids, dtype, per_row: bool = False):
+        """cos/sin at `position_ids` (B, T). Dynamic NTK scaling regrows the frequencies past the
+        trained length: by the batch's longest position, as transformers does (a stateful module),
+        or, `per_row` (generation: rows at their own lengths), by each row's own longest
+        position, so a row's numbers don't depend on the rows beside it."""
         if self.inv_freq.dtype != torch.float32:  # a later model.to(dtype) must not round the frequencies
             self.reset(self.inv_freq.device)
         inv_freq = self.inv_freq
-        if self.dynamic:  # one host sync per forward, only for this rope type
+        if self.dynamic and per_row:  # one host sync per forward, only for this rope type
+            trained = self.config.max_position_embeddings
+            lengths = (position_ids.max(1).values + 1).tolist()
+            if max(lengths) > trained:
+                grown = {n: rope_parameters(self.config, n)[0].to(inv_freq.device) for n in set(lengths) if n > trained}
+                inv_freq = torch.stack([grown.get(n, inv_freq) for n in lengths])  # (B, D/2)
+        elif self.dynamic:  # one host sync per forward, only for this rope type
             seq_len = int(position_ids.max()) + 1
             trained = self.config.max_position_embeddings
             grown = self.grown
@@ -210,27 +220,28 @@ class LlamaModel(Model):
     def post_load(self):
         self.rotary.reset(self.embed_tokens.weight.device)
 
-    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
+    def new_cache(self, budget_tokens: int | None = None, dtype=None, device=None) -> KVCache:
         c, w = self.config, self.embed_tokens.weight
-        return KVCache(
-            c.num_hidden_layers, batch, c.num_key_value_heads, max_len, c.head_dim, dtype or w.dtype, device or w.device
-        )
+        return KVCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, dtype or w.dtype, device or w.device,
+                       budget_tokens)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
         B, T = input_ids.shape
-        past = cache.length if cache is not None else 0
-        if position_ids is None:
+        if cache is not None:  # each row at its own length
+            position_ids = cache.positions
+        elif position_ids is None:
             if attention_mask is not None:
                 position_ids = padded_positions(attention_mask, T)
             else:
-                position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
+                position_ids = torch.arange(T, device=input_ids.device)[None]
         x = self.embed_tokens(input_ids)
-        cos, sin = self.rotary(position_ids, x.dtype)
-        masks = {w: decoder_mask(attention_mask, T, past, x.dtype, x.device, w) for w in set(self.windows)}
+        cos, sin = self.rotary(position_ids, x.dtype, per_row=cache is not None)
+        if cache is not None:
+            masks = {w: cache.mask(x.dtype, w) for w in set(self.windows)}
+        else:
+            masks = {w: decoder_mask(attention_mask, T, x.dtype, x.device, w) for w in set(self.windows)}
         for layer, window in zip(self.layers, self.windows):
             x = layer(x, cos, sin, *masks[window], cache)
-        if cache is not None:
-            cache.advance(T)
         return self.norm(x)
 
 
@@ -252,8 +263,8 @@ class LlamaForCausalLM(Model):
     def post_load(self):
         self.model.post_load()
 
-    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
-        return self.model.new_cache(batch, max_len, dtype, device)
+    def new_cache(self, budget_tokens: int | None = None, dtype=None, device=None) -> KVCache:
+        return self.model.new_cache(budget_tokens, dtype, device)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, logits_to_keep: int = 0):
         x = self.model(input_ids, attention_mask, position_ids, cache)

@@ -62,8 +62,8 @@ class SinusoidalPositions(nn.Module):
         # checkpoint, and a meta buffer could not be moved by the loader's .to()
         self.register_buffer("table", sinusoidal_positions(n_positions, dim), persistent=False)
 
-    def forward(self, start: int, length: int) -> torch.Tensor:
-        return self.table[start : start + length]  # (T, D)
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.table[positions]  # (..., T, D)
 
 
 class MarianModel(Model):

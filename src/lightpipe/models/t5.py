@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from .base import Family, Model, ModelConfig
-from .common import KVCache, activation, attention, causal_allowed, clamp_fp16, merge_heads, padding_bias, split_heads
+from .common import activation, attention, causal_allowed, clamp_fp16, merge_heads, padding_bias, split_heads
+from .kv_cache import KVCache
 
 
 @dataclass
@@ -97,12 +98,12 @@ class Attention(nn.Module):
         if has_relative_attention_bias:
             self.relative_attention_bias = nn.Embedding(cfg.relative_attention_num_buckets, cfg.num_heads)
 
-    def position_bias(self, q_start: int, q_len: int, k_len: int, device):
-        """Bias for queries at positions [q_start, q_start + q_len) against keys [0, k_len)."""
-        context = torch.arange(q_start, q_start + q_len, device=device)[:, None]
-        memory = torch.arange(k_len, device=device)[None, :]
-        buckets = relative_position_bucket(memory - context, self.bidirectional, self.num_buckets, self.max_distance)
-        return self.relative_attention_bias(buckets).permute(2, 0, 1)[None]  # (1, H, q_len, k_len)
+    def position_bias(self, q_positions: torch.Tensor, k_len: int):
+        """Bias for queries at `q_positions` (B|1, T) against keys [0, k_len): (B|1, H, T, k_len)."""
+        memory = torch.arange(k_len, device=q_positions.device)
+        relative = memory[None, None, :] - q_positions[:, :, None]  # (B, T, K)
+        buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
+        return self.relative_attention_bias(buckets).permute(0, 3, 1, 2)  # (B, H, T, K)
 
     def project_kv(self, x):
         return split_heads(self.k(x), self.n_heads), split_heads(self.v(x), self.n_heads)  # (B, H, S, D)
@@ -134,13 +135,12 @@ class CrossAttentionLayer(nn.Module):
         self.layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
     def forward(self, x, encoder_hidden, mask, i: int, cache: KVCache | None):
-        if cache is not None and i in cache.cross:
-            k, v = cache.cross[i]
-        else:  # the encoder output is fixed during generation: project it once
-            k, v = self.EncDecAttention.project_kv(encoder_hidden)
+        kv = cache.cross(i) if cache is not None else None
+        if kv is None:  # the encoder output is fixed during generation: project it once
+            kv = self.EncDecAttention.project_kv(encoder_hidden)
             if cache is not None:
-                cache.cross[i] = (k, v)
-        return x + self.EncDecAttention(self.layer_norm(x), k, v, mask)  # no position bias across stacks
+                cache.store_cross(i, *kv)
+        return x + self.EncDecAttention(self.layer_norm(x), *kv, mask)  # no position bias across stacks
 
 
 class DenseReluDense(nn.Module):
@@ -199,21 +199,27 @@ class Stack(nn.Module):
         self.block = nn.ModuleList(Block(cfg, is_decoder, first=(i == 0)) for i in range(n))
         self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
-    def forward(self, input_ids, attention_mask=None, encoder_hidden=None, encoder_mask=None, cache=None):
+    def forward(self, input_ids, attention_mask=None, encoder_hidden=None, encoder_mask=None,
+                cache: KVCache | None = None):
         x = self.embed_tokens(input_ids)  # T5 doesn't scale its embeddings
         T = input_ids.shape[1]
-        past = cache.length if cache is not None else 0
+        relative = self.block[0].layer[0].SelfAttention
         # one bias for the whole stack, masks folded in (SDPA takes it as an additive mask)
-        bias = self.block[0].layer[0].SelfAttention.position_bias(past, T, past + T, x.device).to(x.dtype)
-        # a single new token may see every key
-        allowed = causal_allowed(T, past, x.device) if self.is_decoder and T > 1 else None  # (1, 1, T, K)
-        if attention_mask is not None and not bool(attention_mask.all()):
-            pad = attention_mask[:, None, None, :].bool()  # (B, 1, 1, K)
-            allowed = pad if allowed is None else allowed & pad
+        if cache is not None:  # each row at its own length: its own relative positions
+            bias = relative.position_bias(cache.positions, cache.key_length).to(x.dtype)
+            allowed = cache.allowed()  # (B, 1, T, K) or None
+        else:
+            bias = relative.position_bias(torch.arange(T, device=x.device)[None], T).to(x.dtype)
+            allowed = causal_allowed(T, x.device) if self.is_decoder and T > 1 else None  # (1, 1, T, T)
+            if attention_mask is not None and not bool(attention_mask.all()):
+                pad = attention_mask[:, None, None, :].bool()  # (B, 1, 1, T)
+                allowed = pad if allowed is None else allowed & pad
         if allowed is not None:
             bias = bias.masked_fill(~allowed, torch.finfo(x.dtype).min)  # (B or 1, H, T, K)
         enc_mask = None
-        if self.is_decoder and encoder_mask is not None:  # (B, 1, 1, S)
+        if cache is not None and self.is_decoder:
+            enc_mask = cache.cross_mask(x.dtype)  # (B, 1, 1, S)
+        elif self.is_decoder and encoder_mask is not None:
             enc_mask = padding_bias(encoder_mask, x.dtype)
         for i, block in enumerate(self.block):
             x = block(x, bias, i, encoder_hidden, enc_mask, cache)
@@ -267,16 +273,14 @@ class T5ForConditionalGeneration(T5Model):
     def post_load(self):
         self.tie_weights()
 
-    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
+    def new_cache(self, budget_tokens: int | None = None, dtype=None, device=None) -> KVCache:
         # the token embedding's dtype: quantize="int8" turns lm_head's weight into int8
         cfg, w = self.config, self.shared.weight
-        layers, heads = cfg.num_decoder_layers, cfg.num_heads
-        return KVCache(layers, batch, heads, max_len, cfg.d_kv, dtype or w.dtype, device or w.device)
+        return KVCache(cfg.num_decoder_layers, cfg.num_heads, cfg.d_kv, dtype or w.dtype, device or w.device,
+                       budget_tokens)
 
-    def decode(self, decoder_input_ids, encoder_hidden, encoder_mask=None, cache=None, decoder_attention_mask=None):
+    def decode(self, decoder_input_ids, encoder_hidden=None, encoder_mask=None, cache=None, decoder_attention_mask=None):
         h = self.decoder(decoder_input_ids, decoder_attention_mask, encoder_hidden, encoder_mask, cache)
-        if cache is not None:  # every layer has written its T new keys: move the cursor (engine protocol)
-            cache.advance(decoder_input_ids.shape[1])
         if self.config.tie_word_embeddings:  # Mesh TF rescales before the tied projection
             h = h * self.config.d_model**-0.5
         return self.lm_head(h)  # (B, T, V)

@@ -3,24 +3,25 @@ translation): what they share from options to records.
 
 A call's keywords split into the task's own (`PIPELINE_OPTIONS`) and generation arguments,
 which go on top of the pipeline's `GenerationConfig` (its defaults, the checkpoint's, the
-task's). Inputs are encoded by the task (`encode_items`), sorted by length and generated in
-batches cut by a token budget: left-padded for decoder-only models, right-padded (the encoder
-mask keeps padding out) for encoder-decoders. The engine is called in one place (`generate`),
-each prompt's sequences are cut after end-of-sequence as transformers returns them for that
-prompt alone, and the task turns them into records (`records`). Results come back in input
-order.
+task's). Inputs are encoded by the task (`encode_items`) and submitted, longest first, to a
+generation engine (lightpipe.generation.Engine, continuous batching): up to `batch_size`
+prompts run at once within the KV budget, a prompt joins the running batch as soon as another
+finishes, and each prompt's sequences come back as transformers returns them for that prompt
+alone. The engine is made and driven in one place (`generate`, and `stream` through
+`start_engine`), and the task turns the sequences into records (`records`). Results come back
+in input order.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..generation import generate
+from ..generation import Engine, Handle
+from ..generation.engine import KV_BUDGET_TOKENS
 from ..generation_config import GenerationConfig, pipeline_generation_config
 from .base import Pipeline, check_positive_int
 
-DEFAULT_BATCH = 16  # inputs generated together: weights are read once per step for all of them
-BATCH_TOKENS = 16384  # prompt tokens x beams per batch: bounds the cached keys/values of a batch
+DEFAULT_BATCH = 16  # prompts generated together: weights are read once per step for all of them
 
 
 class GenerationPipeline(Pipeline):
@@ -69,11 +70,8 @@ class GenerationPipeline(Pipeline):
         task_options, config = self.split_options(options)
         prompts = self.encode_items(items, task_options)
         self.check_lengths([len(p) for p in prompts], config)
-        outputs: list = [None] * len(items)
-        for batch in self.length_batches(prompts, options.get("batch_size"), config):
-            for i, rows in zip(batch, self.generate([prompts[i] for i in batch], config)):
-                outputs[i] = self.records(items[i], prompts[i], rows, **task_options)
-        return outputs
+        rows = self.generate(prompts, config, options.get("batch_size"))
+        return [self.records(item, prompt, r, **task_options) for item, prompt, r in zip(items, prompts, rows)]
 
     def encode_items(self, items: list, task_options: dict) -> list[list[int]]:
         """Each input's prompt token ids."""
@@ -86,59 +84,52 @@ class GenerationPipeline(Pipeline):
         """An input's records, one per returned sequence."""
         raise NotImplementedError
 
-    @staticmethod
-    def length_batches(prompts: list[list[int]], batch_size, config: GenerationConfig):
-        """Indices of prompts generated together, longest first: similar lengths share a batch
-        (little padding), at most `batch_size` prompts and BATCH_TOKENS prompt tokens x beams."""
+    def engine(self, batch_size=None, config: GenerationConfig | None = None) -> Engine:
+        """A generation engine on this pipeline's model: `batch_size` prompts (default 16) at
+        once, each with its beams or sampled sequences."""
         size = check_positive_int(batch_size, "batch_size") or DEFAULT_BATCH
-        beams = max(config.num_beams, config.num_return_sequences if config.do_sample else 1)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-        start = 0
-        while start < len(order):
-            longest = len(prompts[order[start]])
-            take = max(1, min(size, BATCH_TOKENS // max(longest * beams, 1)))
-            yield order[start:start + take]
-            start += take
+        rows = max(config.num_beams, config.num_return_sequences) if config is not None else 1
+        # a prompt larger than the budget runs alone, as a lone prompt always could
+        return Engine(self.model, kv_budget_tokens=KV_BUDGET_TOKENS, max_rows=size * rows, oversized="alone")
 
-    def generate(self, prompts: list[list[int]], config: GenerationConfig, streamer=None) -> list[list[list[int]]]:
-        """Pad prompts into one batch, generate, and return each prompt's rows, cut as
-        transformers returns them for that prompt alone: a decoder-only model's new tokens up to
-        and including each row's eos; an encoder-decoder's decoder sequences (from the start
-        token) as long as the prompt's longest, up to its eos.
-
-        An empty decoder-only prompt starts from the model's bos_token_id, as in transformers,
-        and its rows begin with that token (transformers returns it and decodes it as text)."""
-        starts = prompts
-        if not self.encoder_decoder:
-            if any(not p for p in prompts) and config.bos_token_id is None:
+    def submit(self, engine: Engine, prompt: list[int], config: GenerationConfig, **extra) -> Handle:
+        """Queue one prompt. An empty decoder-only prompt starts from the model's bos_token_id,
+        as in transformers."""
+        if not self.encoder_decoder and not prompt:
+            if config.bos_token_id is None:
                 raise ValueError("an empty prompt starts from the model's bos_token_id, and this model has none; "
                                  "give at least one token of prompt")
-            starts = [p or [config.bos_token_id] for p in prompts]
-        longest = max(len(p) for p in starts)
-        self.check_memory(len(prompts), longest, config)
-        pad = config.pad_token_id if config.pad_token_id is not None else 0
-        ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-        for j, p in enumerate(starts):
-            where = slice(0, len(p)) if self.encoder_decoder else slice(longest - len(p), longest)
-            ids[j, where] = torch.tensor(p, dtype=torch.long)
-            mask[j, where] = 1
-        with torch.inference_mode():
-            out = generate(self.model, ids.to(self.device), mask.to(self.device), config, streamer=streamer,
-                           decode=self.tokenizer.decode)
-        per_prompt = out.shape[0] // len(prompts)
-        eos = set(as_list(config.eos_token_id))
-        rows = out.tolist()
-        results = []
-        for j in range(len(prompts)):
-            mine = rows[j * per_prompt:(j + 1) * per_prompt]
-            if self.encoder_decoder:
-                width = max(_length(r, eos, first=1) for r in mine)  # the start token may be eos (BART)
-                results.append([r[:width] for r in mine])
-            else:
-                lead = [] if prompts[j] else starts[j]
-                results.append([lead + r[longest:][:_length(r[longest:], eos)] for r in mine])
-        return results
+            prompt = [config.bos_token_id]
+        self.check_memory(1, len(prompt), config)
+        return engine.submit(prompt, config, decode=self.tokenizer.decode, **extra)
+
+    def generate(self, prompts: list[list[int]], config: GenerationConfig, batch_size=None) -> list[list[list[int]]]:
+        """Generate every prompt (longest first, `batch_size` at a time, joining as others end)
+        and return each prompt's rows as transformers returns them for that prompt alone: a
+        decoder-only model's new tokens up to and including each row's eos (an empty prompt's
+        rows begin with the bos token it started from, which transformers returns and decodes);
+        an encoder-decoder's decoder sequences from the start token, padded to the prompt's
+        longest."""
+        engine = self.engine(batch_size, config)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+        handles: list = [None] * len(prompts)
+        for i in order:
+            handles[i] = self.submit(engine, prompts[i], config)
+        engine.run(handles)
+        return [self.output_rows(h, p, config) for h, p in zip(handles, prompts)]
+
+    def output_rows(self, handle: Handle, prompt: list[int], config: GenerationConfig) -> list[list[int]]:
+        if not self.encoder_decoder:
+            lead = [] if prompt else handle.prompt
+            return [lead + tokens for tokens in handle.tokens]
+        # transformers pads a prompt's sequences to its longest: pad_token_id, or for beams
+        # `pad_token_id or eos[0]` (T5's pad 0 gives its eos)
+        eos = as_list(config.eos_token_id)
+        fill = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
+        if config.num_beams > 1 and eos:
+            fill = config.pad_token_id or eos[0]
+        width = max(len(t) for t in handle.tokens)
+        return [handle.start[:1] + t + [fill] * (width - len(t)) for t in handle.tokens]
 
     def check_memory(self, n_prompts: int, longest: int, config: GenerationConfig) -> None:
         """Refuse a length whose key/value cache can't fit in the memory free now (the engine
@@ -160,9 +151,11 @@ class GenerationPipeline(Pipeline):
                              f"on {self.device}; ask for fewer new tokens")
 
     def _kv_bytes_per_position(self) -> int:
+        """Bytes of keys and values one sequence holds per position, from an empty cache's shape."""
         if getattr(self, "_kv_bytes", None) is None:
-            cache = self.model.new_cache(1, 1)  # one sequence, one position
-            self._kv_bytes = sum(t.nbytes for t in vars(cache).values() if isinstance(t, torch.Tensor))
+            cache = self.model.new_cache()  # no rows: nothing allocated
+            element = torch.empty((), dtype=cache.dtype).element_size()
+            self._kv_bytes = 2 * cache.n_layers * cache.n_heads * cache.head_dim * element
         return self._kv_bytes
 
     # -- front-end facts ------------------------------------------------------------------
@@ -197,11 +190,3 @@ def as_list(value) -> list:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _length(row: list[int], eos: set, first: int = 0) -> int:
-    """Up to and including the first eos at or after `first`, else the whole row."""
-    for k in range(first, len(row)):
-        if row[k] in eos:
-            return k + 1
-    return len(row)

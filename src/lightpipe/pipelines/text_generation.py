@@ -8,14 +8,11 @@ the messages plus the assistant's answer.
 
 from __future__ import annotations
 
-import queue
-import threading
-
 import torch
 
 from ..tokenization.base import CLEANUPS
 from ..tokenization.chat import validate_messages
-from .generative import GenerationPipeline, as_list
+from .generative import GenerationPipeline
 
 STREAM_CONTEXT = 32  # prompt tokens a stream decodes its new tokens after (see _decoding_context)
 
@@ -155,7 +152,11 @@ class TextGenerationPipeline(GenerationPipeline):
 
         The pieces join to what the call returns with return_full_text=False: the prompt is
         encoded the same way, and text is re-decoded after the prompt at each token and released
-        once it can't change (not half a character, not a space cleanup may still remove)."""
+        once it can't change (not half a character, not a space cleanup may still remove).
+
+        A plain loop over the engine's events (no thread): each piece costs the engine steps
+        that made it, and a consumer that stops iterating (closes the generator) cancels the
+        sequence at once."""
         if not isinstance(prompt, (str, list, tuple)):
             raise TypeError(f"stream() takes one prompt string or chat, got {type(prompt).__name__}")
         options = self.call_options(kwargs)
@@ -163,40 +164,20 @@ class TextGenerationPipeline(GenerationPipeline):
         pipeline_opts, config = self.split_options(options)
         if config.num_return_sequences != 1 or config.num_beams != 1:
             raise ValueError("stream() produces one sequence: use num_return_sequences=1 and num_beams=1")
-        prompts = self.encode_items([prompt], pipeline_opts)
-        tokens: queue.Queue = queue.Queue()
-        failure: list[BaseException] = []
-        cancelled = threading.Event()  # the consumer stopped reading: stop spending compute
-
-        def put(step_tokens):
-            if cancelled.is_set():
-                raise _Cancelled
-            tokens.put(int(step_tokens[0]))
-
-        def work():
-            try:
-                self.generate(prompts, config, streamer=put)
-            except _Cancelled:
-                pass
-            except BaseException as e:  # surfaced in the consumer below
-                failure.append(e)
-            finally:
-                tokens.put(None)
-
-        threading.Thread(target=work, daemon=True).start()
+        prompt_ids = self.encode_items([prompt], pipeline_opts)[0]
+        engine = self.engine(1, config)
+        handle = self.submit(engine, prompt_ids, config)
+        tokens = (event.token for event in engine.events(handle))
         try:
-            yield from self._pieces(tokens, config, pipeline_opts, prompts[0])
+            yield from self._pieces(tokens, config, pipeline_opts, prompt_ids)
         finally:
-            cancelled.set()
-        if failure:
-            raise failure[0]
+            tokens.close()  # cancels the sequence if the consumer stopped early
 
-    def _pieces(self, tokens: queue.Queue, config, pipeline_opts, prompt_ids: list[int]):
-        """The text pieces of the tokens arriving on `tokens` (None ends them). They join to the
-        pipeline's return_full_text=False text: the continuation is decoded after the prompt and
-        the decoded prompt's length cut off, as `records` does, so a sentencepiece tokenizer's
-        first word keeps its space."""
-        eos = set(as_list(config.eos_token_id))
+    def _pieces(self, tokens, config, pipeline_opts, prompt_ids: list[int]):
+        """The text pieces of the token ids `tokens` yields. They join to the pipeline's
+        return_full_text=False text: the continuation is decoded after the prompt and the
+        decoded prompt's length cut off, as `records` does, so a sentencepiece tokenizer's first
+        word keeps its space."""
         decode = self.text_decoder(pipeline_opts.get("skip_special_tokens"),
                                    pipeline_opts.get("clean_up_tokenization_spaces"))
         clean = pipeline_opts.get("clean_up_tokenization_spaces") is not False
@@ -204,9 +185,7 @@ class TextGenerationPipeline(GenerationPipeline):
         prompt_len = len(decode(prompt_ids))
         new_ids: list[int] = []
         sent = 0
-        while (token := tokens.get()) is not None:
-            if new_ids and new_ids[-1] in eos:
-                continue  # padding after the end
+        for token in tokens:
             new_ids.append(token)
             settled = len(new_ids)
             while settled and self._is_byte_piece(new_ids[settled - 1]):
@@ -254,7 +233,3 @@ def _stable_length(text: str) -> int:
                 start -= 1
             return start
     return len(text)
-
-
-class _Cancelled(Exception):
-    """Raised inside generation when a stream's consumer has gone away."""
