@@ -439,3 +439,15 @@ def test_server_routes_encode_prompts_as_transformers(tmp_path):
                                                        "stream": True}, timeout=60).text
         events = [json.loads(line[5:]) for line in streamed.splitlines() if line.startswith("data:")]
         assert events[-1]["generated_text"] == expected
+
+
+def test_a_length_whose_cache_cannot_fit_is_a_value_error(tmp_path):
+    """max_new_tokens far past the free memory is refused before the engine reserves its cache
+    (llama: no learned position table to stop it); a modest length still generates."""
+    folder = decoder_checkpoint(tmp_path, "llama")
+    ours = pipeline("text-generation", model=folder)
+    with pytest.raises(ValueError, match="max_new_tokens=1000000000000 needs about .* GiB"):
+        ours(PROMPTS[0], do_sample=False, max_new_tokens=10**12)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        list(ours.stream(PROMPTS[0], do_sample=False, max_new_tokens=10**12))
+    assert ours(PROMPTS[0], do_sample=False, max_new_tokens=3)[0]["generated_text"].startswith(PROMPTS[0])
