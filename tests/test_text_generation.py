@@ -272,7 +272,8 @@ def test_stream_follows_the_prompt_options(folder):
 def streamed(pipe, prompt: list[int], new: list[int]) -> tuple[list[str], str]:
     """The pieces stream() makes of `new` arriving one token at a time after `prompt`, and the
     text the call returns for them (return_full_text=False)."""
-    pieces = list(pipe._pieces(iter(new), pipe.generation, {}, prompt))
+    decoder = pipe.piece_decoder(prompt, {})
+    pieces = [piece for token in new for piece in decoder.push(token)] + decoder.end()
     decode = pipe.text_decoder()
     return pieces, decode(prompt + new)[len(decode(prompt)):]
 
