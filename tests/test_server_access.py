@@ -192,13 +192,14 @@ def test_public_names_never_a_path(folders, tmp_path):
             assert str(tmp_path) not in text and str(Path(folders["cls"]).parent) not in text, text[:300]
             assert "/tmp/" not in text
         assert long.status_code == 422 and "sst2-copy accepts at most" in long.json()["error"]
-        # a client that names a model by the folder it was given as is told its name
-        for path in (f"/models/{folders['other']}", f"/models/{folders['other']}/v1/chat/completions"):
-            by_folder = http.post(srv.url + path, json={"inputs": "x", "messages": [{"role": "user", "content": "x"}]})
-            message = by_folder.json()["error"]
-            message = message["message"] if isinstance(message, dict) else message
-            assert by_folder.status_code == 404 and message.startswith("that folder is served as 'sst2-copy'"), message
-            assert "/tmp/" not in by_folder.text
+        # a client that knows a model's folder may name it so: that model, never another one
+        by_folder = http.post(f"{srv.url}/models/{folders['other']}", json={"inputs": "x"})
+        assert by_folder.status_code == 200
+        assert by_folder.json() == http.post(srv.url + "/models/sst2-copy", json={"inputs": "x"}).json()
+        chat = http.post(f"{srv.url}/models/{folders['other']}/v1/chat/completions",
+                         json={"messages": [{"role": "user", "content": "x"}]})  # gpt is the one chat model
+        assert chat.status_code == 422 and "sst2-copy serves text-classification" in chat.json()["error"]["message"]
+        assert "/tmp/" not in chat.text
     with pytest.raises(ValueError, match="two models would be served as 'x'"):
         create_app([f"x={folders['cls']}", f"x={folders['other']}"])
 

@@ -297,29 +297,22 @@ class Registry:
         return [e for e in self.all() if e.status == "ready"]
 
     def find(self, name: str) -> Served | None:
-        """The model served as `name`, else the first one serving the task `name`."""
+        """The model served as `name`, else the one loaded from the folder `name` (a client that
+        knows the folder may use it, as before models had names; it is never shown), else the
+        first one serving the task `name`."""
         entries = self.all()
         hit = next((e for e in entries if e.id == name), None)
+        given = os.path.normpath(name)
+        hit = hit or next((e for e in entries if os.path.normpath(e.model) == given and is_local(e.model)), None)
         return hit or next((e for e in entries if e.task == name), None)
 
     def get(self, name: str) -> Served:
         """The ready pipeline called `name` (its name or its task), or the error to send."""
         entry = self.find(name)
         if entry is None:
-            self._named_by_folder(name)
             raise errors.not_found(f"model {name!r} is not served here; served models: {self.listing()}",
                                    param="model", code="model_not_found")
         return check_ready(entry)
-
-    def _named_by_folder(self, name: str) -> None:
-        """A request that names a served model by the folder it was given as gets told its name
-        (error messages show folders by their names, so "not served" would read as nonsense)."""
-        given = os.path.normpath(name)
-        entry = next((e for e in self.all() if os.path.normpath(e.model) == given and is_local(e.model)), None)
-        if entry is not None:
-            raise errors.not_found(f"that folder is served as {entry.id!r}: models are addressed by their names, not "
-                                   f"by folders; served models: {self.listing()}", param="model",
-                                   code="model_not_found")
 
     def pick(self, name: str | None, fits, what: str) -> Served:
         """The model a request names, or — when it names none, or a name this server doesn't
@@ -328,7 +321,6 @@ class Registry:
             entry = self.find(name)
             if entry is not None:
                 return check_ready(entry)
-            self._named_by_folder(name)  # a served model named by its folder: not some other model
             ready = [e for e in self.ready() if fits(e)]
             if len(ready) == 1:
                 return ready[0]
