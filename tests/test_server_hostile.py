@@ -341,12 +341,11 @@ SLOW_STREAM_SERVER = textwrap.dedent("""
 
     pipe = pipeline("text-generation", model=sys.argv[1])
 
-    def endless(prompt, **options):  # a stream that never ends on its own
-        while True:
-            time.sleep(0.05)
-            yield "x"
-
-    pipe.stream = endless
+    # a stream that outlasts the shutdown timeout: every step slow, no end-of-sequence token
+    pipe.model.register_forward_pre_hook(lambda module, args: time.sleep(0.2))
+    request = pipe.stream_request
+    pipe.stream_request = lambda prompt, **options: request(prompt, **{**options, "eos_token_id": -1,
+                                                                      "max_new_tokens": 50})
     serve([], port=int(sys.argv[2]), pipelines={"gpt": pipe}, shutdown_timeout=float(sys.argv[3]), log_level="info")
 """)
 

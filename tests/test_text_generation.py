@@ -272,7 +272,8 @@ def test_stream_follows_the_prompt_options(folder):
 def streamed(pipe, prompt: list[int], new: list[int]) -> tuple[list[str], str]:
     """The pieces stream() makes of `new` arriving one token at a time after `prompt`, and the
     text the call returns for them (return_full_text=False)."""
-    pieces = list(pipe._pieces(iter(new), pipe.generation, {}, prompt))
+    decoder = pipe.piece_decoder(prompt, {})
+    pieces = [piece for token in new for piece in decoder.push(token)] + decoder.end()
     decode = pipe.text_decoder()
     return pieces, decode(prompt + new)[len(decode(prompt)):]
 
@@ -416,18 +417,18 @@ def test_server_routes_encode_prompts_as_transformers(tmp_path):
     chat_expected = theirs(CHAT, **greedy)[0]["generated_text"]
     prompt_tokens = len(theirs.tokenizer(prompt)["input_ids"])
     chat_tokens = len(theirs.tokenizer.apply_chat_template(CHAT, add_generation_prompt=True))
-    with start_in_thread(create_app([f"text-generation={folder}"])) as running:
+    with start_in_thread(create_app([f"mistral=text-generation={folder}"])) as running:
         wait_healthy(running.url)
         client = OpenAI(base_url=running.url + "/v1", api_key="-")
-        done = client.completions.create(model=str(folder), prompt=prompt, max_tokens=8, temperature=0)
+        done = client.completions.create(model="mistral", prompt=prompt, max_tokens=8, temperature=0)
         assert done.choices[0].text == expected and done.usage.prompt_tokens == prompt_tokens
-        chunks = list(client.completions.create(model=str(folder), prompt=prompt, max_tokens=8, temperature=0,
+        chunks = list(client.completions.create(model="mistral", prompt=prompt, max_tokens=8, temperature=0,
                                                 stream=True, stream_options={"include_usage": True}))
         assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
         assert chunks[-1].usage.prompt_tokens == prompt_tokens
-        out = client.chat.completions.create(model=str(folder), messages=CHAT, max_tokens=8, temperature=0)
+        out = client.chat.completions.create(model="mistral", messages=CHAT, max_tokens=8, temperature=0)
         assert out.choices[0].message.content == chat_expected and out.usage.prompt_tokens == chat_tokens
-        chunks = list(client.chat.completions.create(model=str(folder), messages=CHAT, max_tokens=8, temperature=0,
+        chunks = list(client.chat.completions.create(model="mistral", messages=CHAT, max_tokens=8, temperature=0,
                                                      stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat_expected
         hf = httpx.post(running.url + "/", json={"inputs": prompt, "parameters": {"max_new_tokens": 8}}, timeout=60)
@@ -439,3 +440,15 @@ def test_server_routes_encode_prompts_as_transformers(tmp_path):
                                                        "stream": True}, timeout=60).text
         events = [json.loads(line[5:]) for line in streamed.splitlines() if line.startswith("data:")]
         assert events[-1]["generated_text"] == expected
+
+
+def test_a_length_whose_cache_cannot_fit_is_a_value_error(tmp_path):
+    """max_new_tokens far past the free memory is refused before the engine reserves its cache
+    (llama: no learned position table to stop it); a modest length still generates."""
+    folder = decoder_checkpoint(tmp_path, "llama")
+    ours = pipeline("text-generation", model=folder)
+    with pytest.raises(ValueError, match="max_new_tokens=1000000000000 needs about .* GiB"):
+        ours(PROMPTS[0], do_sample=False, max_new_tokens=10**12)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        list(ours.stream(PROMPTS[0], do_sample=False, max_new_tokens=10**12))
+    assert ours(PROMPTS[0], do_sample=False, max_new_tokens=3)[0]["generated_text"].startswith(PROMPTS[0])

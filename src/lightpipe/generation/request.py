@@ -20,7 +20,8 @@ def as_ids(value) -> list[int] | None:
         return None
     if isinstance(value, torch.Tensor):
         value = value.tolist()
-    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+    ids = [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+    return [t for t in ids if t >= 0]  # a negative id (transformers' "never stop", with a warning) matches no token
 
 
 @dataclass

@@ -172,6 +172,20 @@ class TextGenerationPipeline(GenerationPipeline):
         A plain loop over the engine's events (no thread): each piece costs the engine steps
         that made it, and a consumer that stops iterating (closes the generator) cancels the
         sequence at once."""
+        prompt_ids, config, pieces = self.stream_request(prompt, **kwargs)
+        engine = self.engine(1, config)
+        handle = self.submit(engine, prompt_ids, config)
+        events = engine.events(handle)
+        try:
+            for event in events:
+                yield from pieces.push(event.token)
+            yield from pieces.end()
+        finally:
+            events.close()  # cancels the sequence if the consumer stopped early
+
+    def stream_request(self, prompt, **kwargs):
+        """What stream() submits, for a caller that steps a shared engine (the server's worker):
+        the prompt's ids, its GenerationConfig and a `PieceDecoder` for the tokens that come back."""
         if not isinstance(prompt, (str, list, tuple)):
             raise TypeError(f"stream() takes one prompt string or chat, got {type(prompt).__name__}")
         options = self.call_options(kwargs)
@@ -180,41 +194,16 @@ class TextGenerationPipeline(GenerationPipeline):
         if config.num_return_sequences != 1 or config.num_beams != 1:
             raise ValueError("stream() produces one sequence: use num_return_sequences=1 and num_beams=1")
         prompt_ids = self.encode_items([prompt], pipeline_opts)[0]
-        engine = self.engine(1, config)
-        handle = self.submit(engine, prompt_ids, config)
-        tokens = (event.token for event in engine.events(handle))
-        try:
-            yield from self._pieces(tokens, config, pipeline_opts, prompt_ids)
-        finally:
-            tokens.close()  # cancels the sequence if the consumer stopped early
+        return prompt_ids, config, self.piece_decoder(prompt_ids, pipeline_opts)
 
-    def _pieces(self, tokens, config, pipeline_opts, prompt_ids: list[int]):
-        """The text pieces of the token ids `tokens` yields. They join to the pipeline's
-        return_full_text=False text: the continuation is decoded after the prompt and the
-        decoded prompt's length cut off, as `records` does, so a sentencepiece tokenizer's first
-        word keeps its space."""
+    def piece_decoder(self, prompt_ids: list[int], pipeline_opts: dict) -> PieceDecoder:
+        """Text pieces of generated token ids, joining to the pipeline's return_full_text=False
+        text: the continuation is decoded after the prompt and the decoded prompt's length cut
+        off, as `records` does, so a sentencepiece tokenizer's first word keeps its space."""
         decode = self.text_decoder(pipeline_opts.get("skip_special_tokens"),
                                    pipeline_opts.get("clean_up_tokenization_spaces"))
         clean = pipeline_opts.get("clean_up_tokenization_spaces") is not False
-        prompt_ids = self._decoding_context(prompt_ids)
-        prompt_len = len(decode(prompt_ids))
-        new_ids: list[int] = []
-        sent = 0
-        for token in tokens:
-            new_ids.append(token)
-            settled = len(new_ids)
-            while settled and self._is_byte_piece(new_ids[settled - 1]):
-                settled -= 1  # a run of byte-fallback tokens decodes as one group, final once it ends
-            text = decode(prompt_ids + new_ids[:settled])[prompt_len:]
-            ready = len(text) if not text.endswith("\ufffd") else 0  # not half a character
-            if clean and ready:
-                ready = _stable_length(text)
-            if ready > sent:
-                yield text[sent:ready]
-                sent = ready
-        text = decode(prompt_ids + new_ids)[prompt_len:]
-        if len(text) > sent:
-            yield text[sent:]
+        return PieceDecoder(decode, self._decoding_context(prompt_ids), clean, self._is_byte_piece)
 
     def _decoding_context(self, prompt_ids: list[int]) -> list[int]:
         """The end of the prompt that decoding the continuation needs: decoders only look at
@@ -263,3 +252,35 @@ def _stable_length(text: str) -> int:
                 start -= 1
             return start
     return len(text)
+
+
+class PieceDecoder:
+    """Pushed token ids in, text pieces out: text is re-decoded after the prompt at each token and
+    released once it can't change (not half a character, not a space cleanup may still remove)."""
+
+    def __init__(self, decode, prompt_ids: list[int], clean: bool, is_byte_piece):
+        self.decode, self.prompt_ids, self.clean, self.is_byte_piece = decode, prompt_ids, clean, is_byte_piece
+        self.prompt_len = len(decode(prompt_ids))
+        self.new_ids: list[int] = []
+        self.sent = 0
+
+    def push(self, token: int) -> list[str]:
+        self.new_ids.append(token)
+        settled = len(self.new_ids)
+        while settled and self.is_byte_piece(self.new_ids[settled - 1]):
+            settled -= 1  # a run of byte-fallback tokens decodes as one group, final once it ends
+        text = self.decode(self.prompt_ids + self.new_ids[:settled])[self.prompt_len:]
+        ready = len(text) if not text.endswith("\ufffd") else 0  # not half a character
+        if self.clean and ready:
+            ready = _stable_length(text)
+        return self._release(text, ready)
+
+    def end(self) -> list[str]:
+        text = self.decode(self.prompt_ids + self.new_ids)[self.prompt_len:]
+        return self._release(text, len(text))
+
+    def _release(self, text: str, ready: int) -> list[str]:
+        if ready <= self.sent:
+            return []
+        piece, self.sent = text[self.sent:ready], ready
+        return [piece]

@@ -10,8 +10,10 @@ is the next batch, so a lone request is never delayed and a busy server batches 
 
 A failing batch is re-run one job at a time, so one bad input fails only its own request.
 
-Token streams (text generation) are generators the worker advances one piece at a time,
-round-robin between active streams and the batches, so several streams progress together.
+Token streams (text generation) run in ONE generation engine per pipeline (continuous
+batching), stepped by the worker between batches: a stream's request joins the running
+sequences at the next step, every running stream gets a token per step, and a stream whose
+client has gone is cancelled and leaves the engine within a step.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("lightpipe.server")
@@ -94,8 +96,9 @@ class Batcher:
         self.max_batch_tokens = max_batch_tokens
         self.metrics = metrics
         self._pending: deque[Job] = deque()
-        self._new_streams: list[tuple[Callable[[], Iterator], Stream]] = []
-        self._streams: list[tuple[Iterator, Stream]] = []
+        self._new_streams: list[tuple[Callable, Stream]] = []
+        self._streams: dict = {}  # engine handle -> (its Stream, its PieceDecoder)
+        self._engine = None  # made on the first stream, by the worker
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"lightpipe-batcher[{name}]", daemon=True)
@@ -122,8 +125,9 @@ class Batcher:
         if job.future.cancel() and self.metrics is not None:
             self.metrics.cancelled.inc(self.name)
 
-    def stream(self, make: Callable[[], Iterator]) -> Stream:
-        """Run `make()` (a generator of text pieces) on the worker; iterate the result."""
+    def stream(self, make: Callable) -> Stream:
+        """Run `make(engine)` on the worker — it submits one request to the pipeline's engine and
+        returns (handle, piece decoder) — and iterate the text pieces of its tokens."""
         stream = Stream(asyncio.get_running_loop())
         with self._cond:
             if self._closed:
@@ -162,13 +166,13 @@ class Batcher:
                 if batch:
                     self._run(batch)
                 self._start_streams(new_streams)
-                self._step_streams()
+                self._step_engine()
             except Exception:  # never let the worker die: that would hang every later request
                 log.exception("batcher %s: unexpected error", self.name)
         for job in list(self._pending):
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(RuntimeError("the server is shutting down"))
-        for gen, stream in self._streams:
+        for stream, _ in self._streams.values():
             stream.push("error", RuntimeError("the server is shutting down"))
 
     def _form_batch(self, pending: list[Job]) -> tuple[list[Job], list[Job]]:
@@ -237,36 +241,63 @@ class Batcher:
             raise RuntimeError(f"{type(pipe).__name__} returned {len(outputs)} results for {len(items)} inputs")
         return outputs
 
+    @property
+    def engine(self):
+        """The pipeline's generation engine, made on the worker at the first stream."""
+        if self._engine is None:
+            self._engine = self.pipe.engine(STREAM_ROWS)
+        return self._engine
+
     def _start_streams(self, new: list) -> None:
         for make, stream in new:
             if stream.cancelled:
                 continue
             try:
-                self._streams.append((iter(make()), stream))
+                handle, pieces = make(self.engine)
             except Exception as e:
                 stream.push("error", e)
+                continue
+            self._streams[handle] = (stream, pieces)
 
-    def _step_streams(self) -> None:
-        alive = []
-        for gen, stream in self._streams:
+    def _step_engine(self) -> None:
+        """Cancel the streams whose clients went, step the engine once, and push each stream's
+        new text (the end, or the error, of those that finished)."""
+        if not self._streams:
+            return
+        engine = self._engine
+        for handle, (stream, _) in list(self._streams.items()):
             if stream.cancelled:
-                close = getattr(gen, "close", None)
-                if close:
-                    close()
+                engine.cancel(handle)
+                del self._streams[handle]
+                if self.metrics is not None:
+                    self.metrics.cancelled.inc(self.name)
+        try:
+            events = engine.step() if engine.has_work() else []
+        except Exception as e:  # every admitted request failed with it; the engine stays usable
+            log.debug("engine step on %s failed: %s", self.name, e)
+            events = []
+        for event in events:
+            entry = self._streams.get(event.handle)
+            if entry is None or event.token is None:
                 continue
-            try:
-                piece = next(gen)
-            except StopIteration:
-                stream.push("end")
+            stream, pieces = entry
+            for piece in pieces.push(event.token):
+                stream.push("piece", piece)
+                if self.metrics is not None:
+                    self.metrics.stream_pieces.inc(self.name)
+        for handle, (stream, pieces) in list(self._streams.items()):
+            if not handle.done:
                 continue
-            except Exception as e:
-                stream.push("error", e)
+            del self._streams[handle]
+            if handle.error is not None:
+                stream.push("error", handle.error)
                 continue
-            stream.push("piece", piece)
-            if self.metrics is not None:
-                self.metrics.stream_pieces.inc(self.name)
-            alive.append((gen, stream))
-        self._streams = alive
+            for piece in pieces.end():
+                stream.push("piece", piece)
+            stream.push("end")
+
+
+STREAM_ROWS = 64  # streamed sequences one engine steps together (within its KV budget)
 
 
 def strings_of(item, out: list) -> list:

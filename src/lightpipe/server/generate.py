@@ -229,8 +229,9 @@ def open_stream(st, served: Served, prompt, options: dict, seed: int | None = No
     if seed is not None:
         options = {**options, "seed": seed}  # its own torch.Generator: other requests can't move it
 
-    def make():
-        return pipe.stream(prompt, **options)
+    def make(engine):  # on the worker: encode, submit to the pipeline's shared engine
+        prompt_ids, config, pieces = pipe.stream_request(prompt, **options)
+        return pipe.submit(engine, prompt_ids, config), pieces
 
     try:
         return served.batcher.stream(make), lengths[0]

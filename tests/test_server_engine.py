@@ -1,0 +1,92 @@
+"""The server's streams run in one generation engine per pipeline, stepped by the worker
+thread: concurrent streams progress together, only the worker runs the model, and a client that
+goes away has its sequence cancelled. Driven with the real openai client."""
+
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from openai import OpenAI
+
+from lightpipe import pipeline
+from lightpipe.server import create_app, start_in_thread
+from test_server import decoder_checkpoint, wait_healthy
+
+pytestmark = pytest.mark.server
+
+NEVER_ENDS = {"eos_token_id": -1}  # every stream runs its full length
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A gpt pipeline whose forward passes record their thread and time, served by name."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = pipeline("text-generation", model=decoder_checkpoint(tmp_path_factory.mktemp("gpt")))
+    calls: list[tuple[int, float]] = []
+
+    def record(module, args):
+        calls.append((threading.get_ident(), time.perf_counter()))
+        time.sleep(0.01)  # a step long enough that streams overlap on a busy machine
+
+    pipe.model.register_forward_pre_hook(record)
+    request = pipe.stream_request
+    pipe.stream_request = lambda prompt, **options: request(prompt, **{**options, **NEVER_ENDS})
+    app = create_app(pipelines={"gpt": pipe})
+    with start_in_thread(app) as running:
+        wait_healthy(running.url)
+        yield running, app.state.lightpipe.registry.get("gpt").batcher, calls
+
+
+def arrivals(client, prompt: str, n: int) -> list[float]:
+    """When each streamed chunk with text arrived."""
+    times = []
+    for chunk in client.completions.create(model="gpt", prompt=prompt, max_tokens=n, temperature=0, stream=True):
+        if chunk.choices and chunk.choices[0].text:
+            times.append(time.perf_counter())
+    return times
+
+
+def test_concurrent_streams_progress_together_on_the_worker_thread(served):
+    running, batcher, calls = served
+    client = OpenAI(base_url=running.url + "/v1", api_key="-", max_retries=0)
+    calls.clear()
+    n = 24
+    with ThreadPoolExecutor(4) as pool:
+        streams = list(pool.map(lambda p: arrivals(client, p, n), ["alpha", "beta gamma", "delta", "epsilon zeta"]))
+    assert all(len(s) >= n // 2 for s in streams)  # pieces: a token each, but for held-back text
+    # interleaved, not one after another: every stream had text before any other finished
+    first_end = min(s[-1] for s in streams)
+    assert all(s[0] < first_end for s in streams)
+    # one forward pass a step for all of them, far fewer than a pass per token per stream
+    assert len(calls) < 4 * n
+    workers = {ident for ident, _ in calls}
+    assert len(workers) == 1 and threading.get_ident() not in workers
+    batcher_threads = [t for t in threading.enumerate() if t.name == "lightpipe-batcher[gpt]"]
+    assert [t.ident for t in batcher_threads] == list(workers)
+
+
+def test_a_disconnected_stream_leaves_the_engine(served):
+    running, batcher, calls = served
+    client = OpenAI(base_url=running.url + "/v1", api_key="-", max_retries=0)
+    stream = client.completions.create(model="gpt", prompt="hello", max_tokens=60, temperature=0, stream=True)
+    next(iter(stream))
+    stream.close()  # the client goes away mid-stream
+    deadline = time.monotonic() + 30
+    before = len(calls)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if not any_work(batcher):
+            break
+    assert not any_work(batcher)
+    settled = len(calls)
+    time.sleep(0.5)
+    assert len(calls) == settled  # nothing left running: the sequence did not run to its 60 tokens
+    assert settled - before < 20  # left within a few steps of the disconnect, not after its 60 tokens
+
+
+def any_work(batcher) -> bool:
+    """Whether the served pipeline's engine still holds a sequence."""
+    return batcher._engine is not None and batcher._engine.has_work()
