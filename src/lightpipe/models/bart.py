@@ -234,26 +234,40 @@ class Decoder(Stack):
 
 
 class BartModel(Model):
-    """Encoder + decoder; returns the decoder's last hidden state, like transformers' BartModel."""
+    """Encoder + decoder; returns the decoder's last hidden state, like transformers' BartModel.
+
+    The families built on it (Pegasus, M2M100) change only what the hooks below say: their
+    stacks' classes, their position tables, no layernorm_embedding, no denoising default."""
 
     base_model_prefix = "model"
+    encoder_class, decoder_class = Encoder, Decoder
+    has_layernorm_embedding = True
 
     def __init__(self, cfg: Config):
         super().__init__()
         self.config = cfg
         self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model, cfg.pad_token_id)
-        self.encoder = Encoder(cfg, self.shared, LearnedPositions(cfg.max_position_embeddings, cfg.d_model))
-        self.decoder = Decoder(cfg, self.shared, LearnedPositions(cfg.max_position_embeddings, cfg.d_model))
+        self.encoder = self.encoder_class(cfg, self.shared, self.positions(cfg),
+                                          layernorm_embedding=self.has_layernorm_embedding)
+        self.decoder = self.decoder_class(cfg, self.shared, self.positions(cfg),
+                                          layernorm_embedding=self.has_layernorm_embedding)
         # aliases of one module: the checkpoint needs only one of these names
         self.tied_weights = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+
+    def positions(self, cfg: Config) -> nn.Module:
+        return LearnedPositions(cfg.max_position_embeddings, cfg.d_model)
+
+    def default_decoder_inputs(self, input_ids):
+        """Denoising: the decoder reads the input shifted right."""
+        return shift_tokens_right(input_ids, self.config)
 
     def tie_weights(self):
         if self.shared.weight.is_meta:
             raise ValueError("checkpoint has no token embeddings (model.shared / encoder|decoder.embed_tokens)")
 
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
-        if decoder_input_ids is None:  # denoising: the decoder reads the input shifted right
-            decoder_input_ids = shift_tokens_right(input_ids, self.config)
+        if decoder_input_ids is None:
+            decoder_input_ids = self.default_decoder_inputs(input_ids)
         enc = self.encoder(input_ids, attention_mask)
         return self.decoder(decoder_input_ids, enc, attention_mask, attention_mask=decoder_attention_mask)
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from . import bart
-from .bart import BartForConditionalGeneration
-from .base import Family, Model
+from .bart import BartForConditionalGeneration, BartModel
+from .base import Family
 
 
 @dataclass
@@ -103,30 +103,17 @@ class Decoder(bart.Decoder):
     embed = _embed
 
 
-class M2M100Model(Model):
-    """Encoder + decoder over one shared token embedding; returns the decoder's last hidden state."""
+class M2M100Model(BartModel):
+    """BART's encoder-decoder with fairseq's padded sinusoidal positions and no layernorm_embedding."""
 
-    base_model_prefix = "model"
+    encoder_class, decoder_class = Encoder, Decoder
+    has_layernorm_embedding = False
 
-    def __init__(self, cfg: Config):
-        super().__init__()
-        self.config = cfg
-        # one module under three names, as in transformers: the checkpoint needs only one of them
-        self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model, cfg.pad_token_id)
-        positions = cfg.max_position_embeddings, cfg.d_model, cfg.pad_token_id
-        self.encoder = Encoder(cfg, self.shared, PaddedSinusoidalPositions(*positions), layernorm_embedding=False)
-        self.decoder = Decoder(cfg, self.shared, PaddedSinusoidalPositions(*positions), layernorm_embedding=False)
-        self.tied_weights = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+    def positions(self, cfg: Config) -> nn.Module:
+        return PaddedSinusoidalPositions(cfg.max_position_embeddings, cfg.d_model, cfg.pad_token_id)
 
-    def tie_weights(self):
-        if self.shared.weight.is_meta:
-            raise ValueError("checkpoint has no token embeddings (model.shared / encoder|decoder.embed_tokens)")
-
-    def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None):
-        if decoder_input_ids is None:
-            raise ValueError("M2M100Model needs decoder_input_ids (start them with decoder_start_token_id)")
-        enc = self.encoder(input_ids, attention_mask)
-        return self.decoder(decoder_input_ids, enc, attention_mask, attention_mask=decoder_attention_mask)
+    def default_decoder_inputs(self, input_ids):
+        raise ValueError("M2M100Model needs decoder_input_ids (start them with decoder_start_token_id)")
 
 
 class M2M100ForConditionalGeneration(BartForConditionalGeneration):
