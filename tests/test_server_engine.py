@@ -1,12 +1,15 @@
-"""The server's streams run in one generation engine per pipeline, stepped by the worker
-thread: concurrent streams progress together, only the worker runs the model, and a client that
-goes away has its sequence cancelled. Driven with the real openai client."""
+"""The server's generation requests, streamed or not, run in one generation engine per
+pipeline, stepped by the worker thread: concurrent streams progress together, a stream
+progresses while a long non-streamed request runs (they share steps), only the worker runs the
+model, and a client that goes away (streamed or not) has its sequences cancelled. Driven with the
+real openai client and plain HTTP."""
 
 import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -90,3 +93,55 @@ def test_a_disconnected_stream_leaves_the_engine(served):
 def any_work(batcher) -> bool:
     """Whether the served pipeline's engine still holds a sequence."""
     return batcher._engine is not None and batcher._engine.has_work()
+
+
+LONG = {"max_new_tokens": 120, "eos_token_id": -1}  # a non-streamed request of 120 steps
+
+
+def test_a_disconnected_non_streamed_request_leaves_the_engine_at_the_next_step(served, monkeypatch):
+    """The client of a long non-streamed request gives up: its sequence is cancelled in the
+    engine, which runs no forward pass for it after the cancellation (one may be under way)."""
+    running, batcher, calls = served
+    cancelled_at = []
+    cancel = batcher.cancel
+
+    def recorded(job):
+        cancelled_at.append(len(calls))
+        cancel(job)
+
+    monkeypatch.setattr(batcher, "cancel", recorded)
+    before = len(calls)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(running.url + "/models/gpt", json={"inputs": "hello", "parameters": LONG},
+                   timeout=httpx.Timeout(30, read=0.5))
+    deadline = time.monotonic() + 30
+    while (not cancelled_at or any_work(batcher)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled_at and not any_work(batcher)
+    settled = len(calls)
+    time.sleep(0.3)
+    assert len(calls) == settled
+    assert cancelled_at[0] > before  # it was running when its client went
+    assert settled - cancelled_at[0] <= 1  # no step for it after the cancel, but the one under way
+    assert settled - before < 100  # far from its 120 steps
+
+
+def test_a_stream_progresses_while_a_long_non_streamed_request_runs(served):
+    """Streams and non-streamed requests share engine steps: a stream started while a long
+    non-streamed request runs ends first, and the two took far fewer forward passes than one
+    after the other (a pass per token each)."""
+    running, batcher, calls = served
+    client = OpenAI(base_url=running.url + "/v1", api_key="-", max_retries=0)
+    calls.clear()
+    body = {"inputs": "hello", "parameters": {"max_new_tokens": 80, "eos_token_id": -1, "details": True}}
+    with ThreadPoolExecutor(1) as pool:
+        long = pool.submit(lambda: (httpx.post(running.url + "/models/gpt", json=body, timeout=60),
+                                    time.perf_counter()))
+        deadline = time.monotonic() + 30
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        stream = arrivals(client, "alpha beta", 20)
+        response, long_done = long.result()
+    assert response.status_code == 200 and response.json()[0]["details"]["generated_tokens"] == 80
+    assert len(stream) >= 10 and stream[-1] < long_done  # the stream did not wait for the long request
+    assert len(calls) < 80 + 20 - 10  # shared steps: well under a pass per token of each
