@@ -145,3 +145,39 @@ def test_a_stream_progresses_while_a_long_non_streamed_request_runs(served):
     assert response.status_code == 200 and response.json()[0]["details"]["generated_tokens"] == 80
     assert len(stream) >= 10 and stream[-1] < long_done  # the stream did not wait for the long request
     assert len(calls) < 80 + 20 - 10  # shared steps: well under a pass per token of each
+
+
+def test_a_request_larger_than_the_engine_budget_runs_alone(tmp_path):
+    """A request needing more key/value positions than the engine's whole budget is not refused
+    (limits.check refuses only what the model can't take): it waits for the running sequences,
+    runs alone, and gives the text it gives anywhere; requests around it are answered too."""
+    from lightpipe.generation import Engine
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = decoder_checkpoint(tmp_path / "gpt")
+        pipe, reference = pipeline("text-generation", model=folder), pipeline("text-generation", model=folder)
+    made = []
+
+    def small_engine(batch_size=None, config=None):  # a 48-position budget: 60 new tokens don't fit
+        made.append(Engine(pipe.model, kv_budget_tokens=48, max_rows=8, oversized="alone"))
+        return made[-1]
+
+    pipe.engine = small_engine
+    requests = [("The assert statement", 60)] + [(p, 8) for p in ("alpha", "beta gamma", "delta")]
+    expected = [reference(p, do_sample=False, max_new_tokens=n, return_full_text=False)[0]["generated_text"]
+                for p, n in requests]
+    app = create_app(pipelines={"gpt": pipe})
+    with start_in_thread(app) as running, ThreadPoolExecutor(len(requests)) as pool:
+        wait_healthy(running.url)
+
+        def ask(request):
+            prompt, n = request
+            r = httpx.post(running.url + "/models/gpt", json={"inputs": prompt, "parameters": {"max_new_tokens": n}},
+                           timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()[0]["generated_text"]
+
+        got = list(pool.map(ask, requests))
+    assert got == expected
+    assert [e.kv_budget_tokens for e in made] == [48]  # the one engine, its budget smaller than the request
