@@ -385,6 +385,29 @@ def test_server_with_the_inference_client(server, reference, clients_online):
     assert "".join(gen.text_generation("A class", max_new_tokens=8, stream=True)) == expected[0]["generated_text"]
 
 
+def test_server_logprobs_through_lightpipe_serve(server, folders):
+    """Per-token log-probabilities from `lightpipe serve` (no transformers in it) are
+    transformers' own greedy scores for the same chat, computed here."""
+    import transformers
+    from openai import OpenAI
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folders["chat"]).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(folders["chat"])
+    prompt_ids = tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                             do_sample=False, max_new_tokens=8, output_scores=True, return_dict_in_generate=True)
+        expected = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)[0].tolist()
+    ids = out.sequences[0, len(prompt_ids):].tolist()
+    client = OpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0)
+    reply = client.chat.completions.create(model=server.models["chat"], messages=CHAT, max_tokens=8, temperature=0,
+                                           logprobs=True, top_logprobs=2)
+    content = reply.choices[0].logprobs.content
+    assert [c.token for c in content] == [tok.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+    np.testing.assert_allclose([c.logprob for c in content], expected, atol=1e-4)
+    assert all(len(c.top_logprobs) == 2 and c.top_logprobs[0].logprob >= c.logprob - 1e-6 for c in content)
+
+
 def test_server_answers_a_refused_chat_with_422_and_serves_the_playground(server):
     bad = {"model": server.models["chat"], "messages": CHAT + [{"role": "tool", "content": "42"}], "max_tokens": 4}
     r = httpx.post(server.url + "/v1/chat/completions", json=bad, timeout=60)

@@ -37,13 +37,13 @@ def labels(names):
     return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
-def decoder_checkpoint(folder):
+def decoder_checkpoint(folder, chat_template=CHATML):
     """A tiny GPT-2 with a ChatML template (sharpened head: greedy paths without near-ties)."""
     import transformers
 
     tok = bpe_tokenizer(folder, "gpt2")
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tok.chat_template = CHATML
+    tok.chat_template = chat_template
     config = transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=128,
                                      bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
@@ -395,8 +395,11 @@ def test_openai_client_every_call(server, folders, direct):
                                          temperature=0).choices[0].message.content == text
     assert [m.id for m in named.models.list().data] == [gpt]
 
-    with pytest.raises(BadRequestError, match="logprobs is not available yet"):
-        client.chat.completions.create(model=gpt, messages=chat, logprobs=True, top_logprobs=2)
+    with pytest.raises(UnprocessableEntityError, match="top_logprobs must be an integer from 0 to 20") as err:
+        client.chat.completions.create(model=gpt, messages=chat, logprobs=True, top_logprobs=21)
+    assert err.value.param == "top_logprobs"
+    with pytest.raises(BadRequestError, match="top_logprobs needs logprobs: true"):
+        client.chat.completions.create(model=gpt, messages=chat, top_logprobs=2)
     with pytest.raises(UnprocessableEntityError, match=r"max_tokens=1000000: the prompt's \d+ tokens .*\(--max-total-tokens\)"):
         client.chat.completions.create(model=gpt, messages=chat, max_tokens=10**6)
     with pytest.raises(UnprocessableEntityError, match=r"n=9 is more than the 8 sequences"):
@@ -472,8 +475,9 @@ def test_token_counts_and_finish_reasons_come_from_the_generated_ids(server, fol
     assert ended == distinct[:3]
     params = {"max_new_tokens": 8, "details": True, "no_repeat_ngram_size": 1, "eos_token_id": distinct[2]}
     got = post(server, f"/models/{gpt}", {"inputs": prompt, "parameters": params}).json()[0]
-    assert got["details"] == {"finish_reason": "eos_token", "generated_tokens": 3, "seed": None,
-                              "prefill": [], "tokens": []}
+    tokens = got["details"].pop("tokens")
+    assert got["details"] == {"finish_reason": "eos_token", "generated_tokens": 3, "seed": None, "prefill": []}
+    assert [t["id"] for t in tokens] == ended
     assert got["generated_text"] == text_of(ended)
 
     # a stop string: the tokens up to the one that completes it
@@ -483,23 +487,6 @@ def test_token_counts_and_finish_reasons_come_from_the_generated_ids(server, fol
     cut = post(server, "/v1/completions", {**body, "stop": [stop]}).json()
     assert cut["choices"][0] == {"index": 0, "text": full[:full.find(stop)], "logprobs": None, "finish_reason": "stop"}
     assert cut["usage"]["completion_tokens"] == upto
-
-
-def test_finish_reason_is_eos_token_below_the_limit():
-    from types import SimpleNamespace
-
-    from lightpipe.server.generate import OPENAI_FINISH_REASONS, finish_reason
-
-    class Words:  # one token a word
-        def encode(self, text, add_special_tokens=True):
-            return SimpleNamespace(ids=text.split())
-
-    served = SimpleNamespace(pipeline=SimpleNamespace(tokenizer=Words()))
-    assert finish_reason(served, "a b c", False, {"max_new_tokens": 5}) == ("eos_token", 3)
-    assert finish_reason(served, "a b c", False, {"max_new_tokens": 3}) == ("length", 3)
-    assert finish_reason(served, "a b c", False, {}) == ("eos_token", 3)
-    assert finish_reason(served, "a b c", True, {"max_new_tokens": 3}) == ("stop_sequence", 3)
-    assert {OPENAI_FINISH_REASONS[r] for r in ("eos_token", "stop_sequence")} == {"stop"}
 
 
 def test_seeded_sampling_is_the_same_alone_and_under_load(server, folders):
@@ -593,8 +580,9 @@ def test_tei_tokenize_decode_and_embed_all(server, direct):
     ("/embed", {"inputs": "word " * 50_000}, 413, "payload_too_large"),
     ("/predict", {"inputs": "x", "nope": 1, "raw_scores": "yes"}, 422, "validation"),
     ("/v1/chat/completions", {"model": MINILM, "messages": [{"role": "user", "content": "hi"}]}, 422, "validation"),
-    ("/v1/chat/completions", {"model": "gpt", "messages": [{"role": "user", "content": "hi"}], "logprobs": True},
+    ("/v1/chat/completions", {"model": "gpt", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
      400, "validation"),
+    ("/v1/completions", {"model": "gpt", "prompt": "hi", "logprobs": 21}, 422, "validation"),
     ("/v1/nowhere", {}, 404, "not_found"),
     ("/nowhere", {}, 404, "not_found"),
 ])

@@ -1,12 +1,15 @@
-"""The server's streams run in one generation engine per pipeline, stepped by the worker
-thread: concurrent streams progress together, only the worker runs the model, and a client that
-goes away has its sequence cancelled. Driven with the real openai client."""
+"""The server's generation requests, streamed or not, run in one generation engine per
+pipeline, stepped by the worker thread: concurrent streams progress together, a stream
+progresses while a long non-streamed request runs (they share steps), only the worker runs the
+model, and a client that goes away (streamed or not) has its sequences cancelled. Driven with the
+real openai client and plain HTTP."""
 
 import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -90,3 +93,91 @@ def test_a_disconnected_stream_leaves_the_engine(served):
 def any_work(batcher) -> bool:
     """Whether the served pipeline's engine still holds a sequence."""
     return batcher._engine is not None and batcher._engine.has_work()
+
+
+LONG = {"max_new_tokens": 120, "eos_token_id": -1}  # a non-streamed request of 120 steps
+
+
+def test_a_disconnected_non_streamed_request_leaves_the_engine_at_the_next_step(served, monkeypatch):
+    """The client of a long non-streamed request gives up: its sequence is cancelled in the
+    engine, which runs no forward pass for it after the cancellation (one may be under way)."""
+    running, batcher, calls = served
+    cancelled_at = []
+    cancel = batcher.cancel
+
+    def recorded(job):
+        cancelled_at.append(len(calls))
+        cancel(job)
+
+    monkeypatch.setattr(batcher, "cancel", recorded)
+    before = len(calls)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(running.url + "/models/gpt", json={"inputs": "hello", "parameters": LONG},
+                   timeout=httpx.Timeout(30, read=0.5))
+    deadline = time.monotonic() + 30
+    while (not cancelled_at or any_work(batcher)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled_at and not any_work(batcher)
+    settled = len(calls)
+    time.sleep(0.3)
+    assert len(calls) == settled
+    assert cancelled_at[0] > before  # it was running when its client went
+    assert settled - cancelled_at[0] <= 1  # no step for it after the cancel, but the one under way
+    assert settled - before < 100  # far from its 120 steps
+
+
+def test_a_stream_progresses_while_a_long_non_streamed_request_runs(served):
+    """Streams and non-streamed requests share engine steps: a stream started while a long
+    non-streamed request runs ends first, and the two took far fewer forward passes than one
+    after the other (a pass per token each)."""
+    running, batcher, calls = served
+    client = OpenAI(base_url=running.url + "/v1", api_key="-", max_retries=0)
+    calls.clear()
+    body = {"inputs": "hello", "parameters": {"max_new_tokens": 80, "eos_token_id": -1, "details": True}}
+    with ThreadPoolExecutor(1) as pool:
+        long = pool.submit(lambda: (httpx.post(running.url + "/models/gpt", json=body, timeout=60),
+                                    time.perf_counter()))
+        deadline = time.monotonic() + 30
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        stream = arrivals(client, "alpha beta", 20)
+        response, long_done = long.result()
+    assert response.status_code == 200 and response.json()[0]["details"]["generated_tokens"] == 80
+    assert len(stream) >= 10 and stream[-1] < long_done  # the stream did not wait for the long request
+    assert len(calls) < 80 + 20 - 10  # shared steps: well under a pass per token of each
+
+
+def test_a_request_larger_than_the_engine_budget_runs_alone(tmp_path):
+    """A request needing more key/value positions than the engine's whole budget is not refused
+    (limits.check refuses only what the model can't take): it waits for the running sequences,
+    runs alone, and gives the text it gives anywhere; requests around it are answered too."""
+    from lightpipe.generation import Engine
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = decoder_checkpoint(tmp_path / "gpt")
+        pipe, reference = pipeline("text-generation", model=folder), pipeline("text-generation", model=folder)
+    made = []
+
+    def small_engine(batch_size=None, config=None):  # a 48-position budget: 60 new tokens don't fit
+        made.append(Engine(pipe.model, kv_budget_tokens=48, max_rows=8, oversized="alone"))
+        return made[-1]
+
+    pipe.engine = small_engine
+    requests = [("The assert statement", 60)] + [(p, 8) for p in ("alpha", "beta gamma", "delta")]
+    expected = [reference(p, do_sample=False, max_new_tokens=n, return_full_text=False)[0]["generated_text"]
+                for p, n in requests]
+    app = create_app(pipelines={"gpt": pipe})
+    with start_in_thread(app) as running, ThreadPoolExecutor(len(requests)) as pool:
+        wait_healthy(running.url)
+
+        def ask(request):
+            prompt, n = request
+            r = httpx.post(running.url + "/models/gpt", json={"inputs": prompt, "parameters": {"max_new_tokens": n}},
+                           timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()[0]["generated_text"]
+
+        got = list(pool.map(ask, requests))
+    assert got == expected
+    assert [e.kv_budget_tokens for e in made] == [48]  # the one engine, its budget smaller than the request

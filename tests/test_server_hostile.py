@@ -81,7 +81,8 @@ KNOB_VALUES = [-1, 0, 10**4000, 2**70, "x", [], {"a": {}}]  # a generation knob'
 GENERATION_PARAMS = ["max_new_tokens", "max_tokens", "max_completion_tokens", "n", "num_beams", "num_return_sequences",
                      "best_of", "temperature", "top_k", "top_p", "seed", "stop", "stop_sequence", "eos_token_id",
                      "stream_options", "repetition_penalty", "max_length", "min_new_tokens", "do_sample", "details",
-                     "logprobs", "top_logprobs", "truncation", "return_full_text", "generate_parameters", "echo"]
+                     "logprobs", "top_logprobs", "top_n_tokens", "chat_template_kwargs", "truncation", "return_full_text",
+                     "generate_parameters", "echo"]
 
 
 def hostile_requests():

@@ -10,10 +10,12 @@ is the next batch, so a lone request is never delayed and a busy server batches 
 
 A failing batch is re-run one job at a time, so one bad input fails only its own request.
 
-Token streams (text generation) run in ONE generation engine per pipeline (continuous
-batching), stepped by the worker between batches: a stream's request joins the running
-sequences at the next step, every running stream gets a token per step, and a stream whose
-client has gone is cancelled and leaves the engine within a step.
+Generation (text generation, summarization, translation: streamed or not) runs in ONE
+generation engine per pipeline (continuous batching), stepped by the worker between batches: a
+request's sequences join the running ones at the next step, every running sequence gets a token
+per step, a non-streamed request is answered when its sequences are done, and a request whose
+client has gone (a stream, or a non-streamed request: `cancel`) is cancelled and leaves the
+engine at the next step.
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ class Done:
     tokens: int  # input tokens the job's inputs count (for usage fields)
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
-    fn: str  # "run": pipeline.batch(items, **options) | "embed": pipeline.embed(items, **options)
+    # "run": pipeline.batch(items, **options) | "embed": pipeline.embed(items, **options) |
+    # "generate": `start(engine)` on the worker submits the request's sequences to the pipeline's
+    # engine and returns (handles, collect); `collect(tops)` makes the results once they are done
+    fn: str
     items: list
     options: dict
     seed: int | None = None  # sampling seed: the job gets its own torch.Generator (generation's `seed=`)
@@ -49,6 +54,7 @@ class Job:
     # set when the client has gone: a job not started yet is dropped; one that is running may
     # watch it to stop early (the hook the generation engine uses to end a sequence within a step)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    start: Callable | None = None  # "generate" only
 
     @property
     def key(self) -> tuple:
@@ -60,9 +66,31 @@ class Job:
         return self.fn, json.dumps(self.options, sort_keys=True, default=repr)
 
 
+@dataclass
+class Token:
+    """One generated token of a stream: its id, log-probability and best alternatives (when
+    asked: [(id, logprob)]), the text it releases (may be "": text is held back until it can't
+    change, and the last token carries the rest), and why the sequence ended, on its last token
+    ("stop": an end-of-sequence token, "length")."""
+    id: int
+    logprob: float | None
+    top: list | None
+    text: str
+    finish_reason: str | None
+
+
+@dataclass
+class Generating:
+    """A non-streamed generation job on the engine: its handles, what makes its results, and
+    each handle's per-token alternatives (collected from the events, when asked)."""
+    handles: list
+    collect: Callable
+    tops: dict
+
+
 class Stream:
-    """The consuming side of a token stream: `async for piece in stream`. Pieces cross from the
-    worker thread to the event loop through `call_soon_threadsafe`."""
+    """The consuming side of a token stream: `async for token in stream` (`Token`s). They cross
+    from the worker thread to the event loop through `call_soon_threadsafe`."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
@@ -79,7 +107,7 @@ class Stream:
         try:
             while True:
                 kind, value = await self.queue.get()
-                if kind == "piece":
+                if kind == "token":
                     yield value
                 elif kind == "end":
                     return
@@ -98,6 +126,7 @@ class Batcher:
         self._pending: deque[Job] = deque()
         self._new_streams: list[tuple[Callable, Stream]] = []
         self._streams: dict = {}  # engine handle -> (its Stream, its PieceDecoder)
+        self._generating: dict[Job, Generating] = {}  # non-streamed generation jobs on the engine
         self._engine = None  # made on the first stream, by the worker
         self._cond = threading.Condition()
         self._closed = False
@@ -119,8 +148,19 @@ class Batcher:
     async def __call__(self, fn: str, items: list, options: dict | None = None, seed: int | None = None) -> Done:
         return await asyncio.wrap_future(self.submit(fn, items, options, seed).future)
 
+    def generate(self, start: Callable, tokens: int) -> Job:
+        """Queue a non-streamed generation: `start(engine)` runs on the worker (see Job)."""
+        job = Job("generate", [], {}, tokens=tokens, start=start)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            self._pending.append(job)
+            self._cond.notify()
+        return job
+
     def cancel(self, job: Job) -> None:
-        """The job's client has gone: drop the job if it hasn't started; flag it if it has."""
+        """The job's client has gone: drop the job if it hasn't started; flag it if it has (a
+        generation's sequences are then cancelled in the engine before its next step)."""
         job.cancelled.set()
         if job.future.cancel() and self.metrics is not None:
             self.metrics.cancelled.inc(self.name)
@@ -151,7 +191,7 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not (self._pending or self._new_streams or self._streams or self._closed):
+                while not (self._pending or self._new_streams or self._streams or self._generating or self._closed):
                     self._cond.wait()
                 if self._closed:
                     break
@@ -159,6 +199,8 @@ class Batcher:
                 self._pending.clear()
                 new_streams, self._new_streams = self._new_streams, []
             try:
+                generations = [j for j in pending if j.fn == "generate"]
+                pending = [j for j in pending if j.fn != "generate"]
                 batch, rest = self._form_batch(pending)
                 if rest:
                     with self._cond:
@@ -166,6 +208,7 @@ class Batcher:
                 if batch:
                     self._run(batch)
                 self._start_streams(new_streams)
+                self._start_generations(generations)
                 self._step_engine()
             except Exception:  # never let the worker die: that would hang every later request
                 log.exception("batcher %s: unexpected error", self.name)
@@ -174,6 +217,8 @@ class Batcher:
                 job.future.set_exception(RuntimeError("the server is shutting down"))
         for stream, _ in self._streams.values():
             stream.push("error", RuntimeError("the server is shutting down"))
+        for job in self._generating:
+            job.future.set_exception(RuntimeError("the server is shutting down"))
 
     def _form_batch(self, pending: list[Job]) -> tuple[list[Job], list[Job]]:
         pending = [j for j in pending if not (j.future.cancelled() or j.cancelled.is_set())]  # their clients went away
@@ -243,7 +288,7 @@ class Batcher:
 
     @property
     def engine(self):
-        """The pipeline's generation engine, made on the worker at the first stream."""
+        """The pipeline's generation engine, made on the worker at the first generation request."""
         if self._engine is None:
             self._engine = self.pipe.engine(STREAM_ROWS)
         return self._engine
@@ -259,32 +304,60 @@ class Batcher:
                 continue
             self._streams[handle] = (stream, pieces)
 
+    def _start_generations(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.cancelled.is_set() or not job.future.set_running_or_notify_cancel():
+                continue  # its client went away before it started
+            try:
+                handles, collect = job.start(self.engine)
+            except Exception as e:
+                job.future.set_exception(e)
+                continue
+            tops = {h: [[] for _ in h.tokens] for h in handles if h.top_logprobs}
+            self._generating[job] = Generating(handles, collect, tops)
+            if self.metrics is not None:
+                self.metrics.queue_time.observe(time.perf_counter() - job.enqueued, self.name)
+
     def _step_engine(self) -> None:
-        """Cancel the streams whose clients went, step the engine once, and push each stream's
-        new text (the end, or the error, of those that finished)."""
-        if not self._streams:
+        """Cancel the requests whose clients went, step the engine once, push each stream's new
+        tokens (the end, or the error, of those that finished) and answer the non-streamed
+        requests whose sequences are all done."""
+        if not (self._streams or self._generating):
             return
         engine = self._engine
         for handle, (stream, _) in list(self._streams.items()):
             if stream.cancelled:
                 engine.cancel(handle)
                 del self._streams[handle]
-                if self.metrics is not None:
-                    self.metrics.cancelled.inc(self.name)
+                self._count_cancel()
+        for job, run in list(self._generating.items()):
+            if job.cancelled.is_set():
+                for handle in run.handles:
+                    engine.cancel(handle)
+                del self._generating[job]
+                self._count_cancel()
+                job.future.set_exception(RuntimeError("the client went away"))
         try:
             events = engine.step() if engine.has_work() else []
         except Exception as e:  # every admitted request failed with it; the engine stays usable
             log.debug("engine step on %s failed: %s", self.name, e)
             events = []
+        tops = {h: run.tops[h] for run in self._generating.values() for h in run.tops} if self._generating else {}
         for event in events:
+            if event.token is None:
+                continue
             entry = self._streams.get(event.handle)
-            if entry is None or event.token is None:
+            if entry is None:
+                if event.handle in tops:
+                    tops[event.handle][event.index].append(event.top_logprobs or [])
                 continue
             stream, pieces = entry
-            for piece in pieces.push(event.token):
-                stream.push("piece", piece)
-                if self.metrics is not None:
-                    self.metrics.stream_pieces.inc(self.name)
+            text = "".join(pieces.push(event.token))
+            if event.finish_reason is not None:
+                text += "".join(pieces.end())
+            stream.push("token", Token(event.token, event.logprob, event.top_logprobs, text, event.finish_reason))
+            if self.metrics is not None:
+                self.metrics.stream_tokens.inc(self.name)
         for handle, (stream, pieces) in list(self._streams.items()):
             if not handle.done:
                 continue
@@ -292,12 +365,28 @@ class Batcher:
             if handle.error is not None:
                 stream.push("error", handle.error)
                 continue
-            for piece in pieces.end():
-                stream.push("piece", piece)
             stream.push("end")
+        for job, run in list(self._generating.items()):
+            if not all(h.done for h in run.handles):
+                continue
+            del self._generating[job]
+            failed = next((h.error for h in run.handles if h.error is not None), None)
+            if failed is not None:
+                for handle in run.handles:
+                    engine.cancel(handle)  # the others may still be waiting
+                job.future.set_exception(failed)
+                continue
+            try:
+                job.future.set_result(Done(run.collect(run.tops), job.tokens or 0))
+            except Exception as e:
+                job.future.set_exception(e)
+
+    def _count_cancel(self) -> None:
+        if self.metrics is not None:
+            self.metrics.cancelled.inc(self.name)
 
 
-STREAM_ROWS = 64  # streamed sequences one engine steps together (within its KV budget)
+STREAM_ROWS = 64  # sequences (streamed or not) one engine steps together, within its KV budget
 
 
 def strings_of(item, out: list) -> list:

@@ -192,6 +192,22 @@ async def run(served: Served, fn: str, items: list, options: dict | None = None,
         job = served.batcher.submit(fn, items, options, seed, tokens=tokens)
     except RuntimeError as e:  # shutting down
         raise errors.ApiError(503, str(e), "unavailable") from None
+    return await answer_of(served, job)
+
+
+async def generate_on_engine(served: Served, start, tokens: int):
+    """Queue a non-streamed generation on the pipeline's engine (batcher.Job "generate") and wait
+    for its results; a client that disconnects has its sequences cancelled in the engine."""
+    try:
+        job = served.batcher.generate(start, tokens)
+    except RuntimeError as e:  # shutting down
+        raise errors.ApiError(503, str(e), "unavailable") from None
+    return await answer_of(served, job)
+
+
+async def answer_of(served: Served, job):
+    """The job's Done; if the client disconnects first, the job is cancelled (dropped when it
+    hasn't started, flagged when it has: see batcher.Job.cancelled) and the request ends as 499."""
     answer = asyncio.wrap_future(job.future)
     context = current_request()
     if context is not None:
@@ -208,7 +224,7 @@ async def run(served: Served, fn: str, items: list, options: dict | None = None,
         raise
     except Exception as e:
         if not isinstance(e, (ValueError, TypeError)):
-            log.error("%s on %s failed (request %s): %s: %s", fn, served.id, context.id if context else "-",
+            log.error("%s on %s failed (request %s): %s: %s", job.fn, served.id, context.id if context else "-",
                       type(e).__name__, e)
         raise errors.from_exception(e) from None
 

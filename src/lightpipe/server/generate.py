@@ -1,6 +1,8 @@
 """Generation requests, shared by the HF Inference API (TGI-style parameters) and the OpenAI
 routes: their knobs → the pipeline's transformers-style keywords, stop strings (cut on the
-server), why a generation finished, and the token stream as server-sent events."""
+server), the request run on the pipeline's generation engine (streamed or not: the worker
+encodes and submits it; see batcher.py), why a generation finished and how many tokens it made
+(from the generated ids), and the token stream as server-sent events."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ from dataclasses import dataclass
 
 from starlette.responses import StreamingResponse
 
+from ..generation.request import as_ids
 from . import errors, limits
-from .common import run
+from .common import generate_on_engine
 from .registry import Served, has_token_stream
 
 log = logging.getLogger("lightpipe.server")
@@ -23,7 +26,7 @@ PASS_THROUGH = ("max_new_tokens", "max_length", "min_new_tokens", "num_beams", "
 # TGI parameters lightpipe does not implement. Sent with a value, they are refused with the
 # message transformers/TGI use, which makes huggingface_hub retry without them (and warn).
 UNSUPPORTED = ("watermark", "grammar", "adapter_id", "best_of", "decoder_input_details", "frequency_penalty",
-               "top_n_tokens", "typical_p", "truncate")
+               "typical_p", "truncate")
 
 
 def unsupported_error(names: list[str]) -> errors.ApiError:
@@ -98,15 +101,26 @@ class StopWatcher:
         return out
 
 
-async def until_stop(stream, watcher: StopWatcher):
-    """The stream's text as it may be sent: held back while it could be the start of a stop string,
-    ended at one (then `watcher.stopped`) or with the stream. The tail still held is `watcher.flush()`."""
-    async for piece in stream:
-        out = watcher.feed(piece)
-        if out:
-            yield out
+# the engine's reasons (generation.Event.finish_reason) in TGI's words; OpenAI's say "stop" for a
+# stop string and for the end-of-sequence token alike
+TGI_FINISH_REASONS = {"stop": "eos_token", "stop_string": "stop_sequence", "length": "length"}
+OPENAI_FINISH_REASONS = {"stop_sequence": "stop", "eos_token": "stop", "length": "length"}
+
+
+async def sendable(stream, watcher: StopWatcher):
+    """(text that may be sent, its Token, TGI's finish reason on the last) per streamed token:
+    text is held back while it could be the start of a stop string; the stream ends at one
+    ("stop_sequence": the token that completed it is the last) or with the sequence, whose last
+    token carries the text still held."""
+    async for token in stream:
+        out = watcher.feed(token.text)
         if watcher.stopped:
+            yield out, token, "stop_sequence"
             return
+        if token.finish_reason is not None:
+            yield out + watcher.flush(), token, TGI_FINISH_REASONS[token.finish_reason]
+            return
+        yield out, token, None
 
 
 def text_of(result) -> str:
@@ -126,45 +140,20 @@ def text_of(result) -> str:
     raise errors.ApiError(500, f"unexpected generation output {result!r:.100}", "server_error")
 
 
-def count_new_tokens(served: Served, text: str) -> int:
-    try:
-        return len(served.pipeline.tokenizer.encode(text, add_special_tokens=False).ids)
-    except Exception:
-        return max(1, len(text) // 4) if text else 0
-
-
-# OpenAI's finish_reason says "stop" for a stop string and for the end-of-sequence token alike
-OPENAI_FINISH_REASONS = {"stop_sequence": "stop", "eos_token": "stop", "length": "length"}
-
-
-def finish_reason(served: Served, text: str, stopped: bool, options: dict) -> tuple[str, int]:
-    """Why a generation of `text` ended, in TGI's words, and how many tokens it made:
-    "stop_sequence" (cut at a stop string), "length" (max_new_tokens reached), else "eos_token"."""
-    used = count_new_tokens(served, text)
-    if stopped:
-        return "stop_sequence", used
-    limit = options.get("max_new_tokens")
-    return ("length" if limit and used >= limit else "eos_token"), used
-
-
-async def generate(st, served: Served, prompts: list, options: dict, seed=None, defaults=(),
-                   names: dict | None = None) -> tuple[list, int]:
-    """Each prompt's transformers-shaped output (coalesced with other requests' prompts that
-    ask the same options), and the prompt tokens. The request is bounded first (limits.check)."""
-    lengths = bounded(st, served, prompts, options, defaults, names)
-    done = await run(served, "run", prompts, options, seed, tokens=sum(lengths))
-    return done.results, done.tokens
-
-
 @dataclass
 class Sequence:
     """One generated sequence, from the token ids the engine made: `text` is the pipeline's own
     decoding of them (what a plain call returns), `ids` the new tokens (an end-of-sequence
-    token included), `eos` whether it ended with one."""
+    token included; an empty decoder-only prompt's start token first, as transformers returns
+    it), `eos` whether it ended with one; `generated`: the tokens the engine chose, with their
+    log-probabilities and best alternatives when asked."""
     text: str
     ids: list[int]
     eos: bool
     decode: Callable[[list[int]], str]  # the text of the first tokens of `ids`
+    generated: list[int]
+    logprobs: list[float] | None = None
+    tops: list[list[tuple[int, float]]] | None = None
 
     def finish(self, stops: list[str]) -> tuple[str, str, int]:
         """(text cut at the first stop string, TGI's finish reason, new tokens): a stop string
@@ -181,57 +170,120 @@ class Sequence:
                 low = mid + 1
         return text, "stop_sequence", high
 
+    def token_data(self, used: int) -> list[tuple[int, float, list]]:
+        """(id, logprob, alternatives) of the chosen tokens among the first `used` of `ids`."""
+        n = max(used - (len(self.ids) - len(self.generated)), 0)
+        tops = self.tops or [[]] * len(self.generated)
+        return list(zip(self.generated[:n], self.logprobs[:n], tops[:n]))
+
+
+async def generate(st, served: Served, prompts: list, options: dict, seed=None, defaults=(),
+                   names: dict | None = None) -> tuple[list, int]:
+    """Each prompt's transformers-shaped output (the pipeline's records, as a plain call gives
+    them), generated on the pipeline's engine, and the prompt tokens. The request is bounded
+    first (limits.check)."""
+    lengths = bounded(st, served, prompts, options, defaults, names)
+    pipe = served.pipeline
+    options = with_seed(options, seed)
+
+    def start(engine):
+        runs = submit_prompts(pipe, engine, prompts, options)
+
+        def collect(tops):
+            return [pipe.records(item, prompt_ids, pipe.output_rows(handle, prompt_ids, config), **task_options)
+                    for item, prompt_ids, handle, config, task_options in runs]
+        return [r[2] for r in runs], collect
+
+    done = await generate_on_engine(served, start, sum(lengths))
+    return done.results, sum(lengths)
+
 
 async def generate_sequences(st, served: Served, prompts: list, options: dict, seed=None, defaults=(),
-                             names: dict | None = None) -> tuple[list[list[Sequence]], int]:
+                             names: dict | None = None, logprobs: bool = False,
+                             top_logprobs: int = 0) -> tuple[list[list[Sequence]], int]:
     """Each prompt's sequences with their token ids (see Sequence), and the prompt tokens: the
-    pipeline runs for ids (return_tensors) and its own `records` turn them into the text a plain
-    call gives, so counts and finish reasons come from the generated ids, not re-tokenized text."""
+    prompts run on the pipeline's engine, and its own `records` turn the ids into the text a
+    plain call gives, so counts and finish reasons come from the generated ids, not
+    re-tokenized text. With `logprobs`, each sequence has its tokens' log-probabilities (and
+    `top_logprobs` alternatives per token)."""
     if options.get("return_tensors"):
         raise errors.validation("return_tensors is not a parameter of this route (it answers text)",
                                 param="return_tensors")
     lengths = bounded(st, served, prompts, options, defaults, names)
     pipe = served.pipeline
-    for_ids = {k: v for k, v in options.items() if k not in ("return_full_text", "return_text")}  # exclusive with ids
-    done = await run(served, "run", prompts, {**for_ids, "return_tensors": True}, seed, tokens=sum(lengths))
+    options = with_seed(options, seed)
+
+    def start(engine):
+        runs = submit_prompts(pipe, engine, prompts, options, logprobs=logprobs, top_logprobs=top_logprobs)
+
+        def collect(tops):
+            return [sequences_of(pipe, item, prompt_ids, handle, config, task_options, tops.get(handle))
+                    for item, prompt_ids, handle, config, task_options in runs]
+        return [r[2] for r in runs], collect
+
+    done = await generate_on_engine(served, start, sum(lengths))
+    return done.results, sum(lengths)
+
+
+def with_seed(options: dict, seed) -> dict:
+    """The seed as the engine takes it: each prompt's own torch.Generator, which no other request
+    moves (never torch's global one)."""
+    return options if seed is None else {**options, "seed": seed}
+
+
+def submit_prompts(pipe, engine, prompts: list, options: dict, **extra) -> list[tuple]:
+    """On the worker: encode the prompts as the pipeline does and submit each to the engine;
+    (item, prompt ids, handle, config, task options) per prompt. If one can't be submitted, the
+    ones already queued are cancelled."""
     task_options, config = pipe.split_options(pipe.call_options(dict(options)))
-    eos = set(config.eos_token_id if isinstance(config.eos_token_id, (list, tuple)) else
-              [] if config.eos_token_id is None else [config.eos_token_id])
     encoded = pipe.encode_items(prompts, task_options)
+    pipe.check_lengths([len(p) for p in encoded], config)
+    runs = []
+    try:
+        for item, prompt_ids in zip(prompts, encoded):
+            handle = pipe.submit(engine, prompt_ids, config, **extra)
+            runs.append((item, prompt_ids, handle, config, task_options))
+    except BaseException:
+        for run in runs:
+            engine.cancel(run[2])
+        raise
+    return runs
+
+
+def sequences_of(pipe, item, prompt_ids: list[int], handle, config, task_options: dict, tops) -> list[Sequence]:
+    """A finished handle's sequences (see Sequence), in the pipeline's output order."""
+    eos = set(as_ids(config.eos_token_id))
     out = []
-    for item, prompt_ids, result in zip(prompts, encoded, done.results):
-        sequences = []
-        for record in (result if isinstance(result, list) else [result]):
-            (ids,) = record.values()
-            ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-            if pipe.encoder_decoder:  # the decoder's row: its start token, new tokens, padding after eos
-                start, new = ids[:1], ids[1:]
-                new = new[:next((k + 1 for k, t in enumerate(new) if t in eos), len(new))]
-            else:  # the prompt, then the new tokens up to and including eos
-                start, new = [], ids[len(prompt_ids):]
+    for i, row in enumerate(pipe.output_rows(handle, prompt_ids, config)):
+        if pipe.encoder_decoder:  # the decoder's row: its start token, new tokens, padding after eos
+            start, new = row[:1], row[1:]
+            new = new[:next((k + 1 for k, t in enumerate(new) if t in eos), len(new))]
+        else:  # the new tokens up to and including eos
+            start, new = [], row
 
-            def decode(part, item=item, prompt_ids=prompt_ids, start=start):
-                return text_of(pipe.records(item, prompt_ids, [start + part], **task_options)[0])
+        def decode(part, start=start):
+            return text_of(pipe.records(item, prompt_ids, [start + part], **task_options)[0])
 
-            sequences.append(Sequence(decode(new), new, bool(new) and new[-1] in eos, decode))
-        out.append(sequences)
-    return out, sum(lengths)
+        logprobs = handle.token_logprobs[i] if handle.logprobs else None
+        out.append(Sequence(decode(new), new, bool(new) and new[-1] in eos, decode, list(handle.tokens[i]),
+                            logprobs, tops[i] if tops is not None else None))
+    return out
 
 
 def open_stream(st, served: Served, prompt, options: dict, seed: int | None = None, defaults=(),
-                names: dict | None = None):
-    """The pipeline's token stream for one prompt, run on the worker thread, and its prompt tokens."""
+                names: dict | None = None, logprobs: bool = False, top_logprobs: int = 0):
+    """The pipeline's token stream for one prompt, run on the worker thread's engine (`Token`s,
+    see batcher.py), and its prompt tokens."""
     if not has_token_stream(served.pipeline):
         raise errors.validation(f"model {served.id} ({served.task}) cannot stream tokens; send stream=false",
                                 param="stream")
     lengths = bounded(st, served, [prompt], options, defaults, names)
     pipe = served.pipeline
-    if seed is not None:
-        options = {**options, "seed": seed}  # its own torch.Generator: other requests can't move it
+    options = with_seed(options, seed)
 
     def make(engine):  # on the worker: encode, submit to the pipeline's shared engine
         prompt_ids, config, pieces = pipe.stream_request(prompt, **options)
-        return pipe.submit(engine, prompt_ids, config), pieces
+        return pipe.submit(engine, prompt_ids, config, logprobs=logprobs, top_logprobs=top_logprobs), pieces
 
     try:
         return served.batcher.stream(make), lengths[0]

@@ -30,9 +30,10 @@ from starlette.requests import Request
 from ..tasks import normalize_task, pipeline_class
 from . import errors
 from .common import boolean, check_batch, embed, json_response, options_of, read_json, run, state, texts
-from .generate import (UNSUPPORTED, StopWatcher, finish_reason, generate, generate_sequences, generation_options,
-                       open_stream, sampling, sse, sse_response, stops_of, stream_error, unsupported_error, until_stop)
+from .generate import (UNSUPPORTED, StopWatcher, generate, generate_sequences, generation_options, open_stream,
+                       sampling, sendable, sse, sse_response, stops_of, stream_error, unsupported_error)
 from .registry import Served, check_ready, has_token_stream
+from .tokens import MAX_TOP_LOGPROBS, tgi_token, tgi_top_tokens, vocabulary
 
 EMBEDDING_SHAPES = ("embedding", "similarity")  # what a model that can embed answers, whatever its task
 
@@ -213,8 +214,8 @@ async def text2text(st, served: Served, body: dict):
     return json_response(results)
 
 
-def tgi_options(served: Served, params: dict) -> tuple[dict, list[str], int | None, bool]:
-    """TGI parameters → (pipeline keywords, stop strings, seed, details)."""
+def tgi_options(served: Served, params: dict) -> tuple[dict, list[str], int | None, bool, int]:
+    """TGI parameters → (pipeline keywords, stop strings, seed, details, top_n_tokens)."""
     params = dict(params)
     unsupported = [k for k in UNSUPPORTED if params.pop(k, None) not in (None, False, 0)]
     if unsupported:
@@ -224,6 +225,10 @@ def tgi_options(served: Served, params: dict) -> tuple[dict, list[str], int | No
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise errors.validation(f"seed must be an integer, got {seed!r:.40}", param="seed")
     details = boolean(params.pop("details", None), "details", False)
+    top_n = params.pop("top_n_tokens", None) or 0
+    if isinstance(top_n, bool) or not isinstance(top_n, int) or not 0 <= top_n <= MAX_TOP_LOGPROBS:
+        raise errors.validation(f"top_n_tokens must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {top_n!r:.40}",
+                                param="top_n_tokens")
     do_sample, temperature = params.pop("do_sample", None), params.pop("temperature", None)
     if do_sample is None:  # TGI: greedy, unless a sampling knob is set
         do_sample = temperature not in (None, 1, 1.0) or bool(params.get("top_k")) or params.get("top_p") not in (None, 1, 1.0)
@@ -231,47 +236,60 @@ def tgi_options(served: Served, params: dict) -> tuple[dict, list[str], int | No
     for key in list(params):
         options[key] = params.pop(key)  # the pipeline validates the rest
     options.setdefault("return_full_text", False)
-    return generation_options(served, options), stop, seed, details
+    if (details or top_n) and options.get("num_beams") not in (None, 1):
+        raise errors.validation("details and top_n_tokens need num_beams=1: beam search scores whole sequences, "
+                                "not the tokens of one distribution", param="num_beams")
+    return generation_options(served, options), stop, seed, details, top_n
 
 
 async def text_generation(st, served: Served, body: dict):
-    options, stop, seed, details = tgi_options(served, options_of(body.get("parameters")))
+    options, stop, seed, details, top_n = tgi_options(served, options_of(body.get("parameters")))
     if boolean(body.get("stream"), "stream", False):
         prompt = body["inputs"]
         if not isinstance(prompt, str):
             raise errors.validation("a streamed text-generation request takes one string as inputs", param="inputs")
-        return tgi_stream(st, served, prompt, options, stop, seed)
+        return tgi_stream(st, served, prompt, options, stop, seed, top_n)
     items, single = texts(body["inputs"])
     check_batch(st, len(items))
-    results, _ = await generate_sequences(st, served, items, options, seed)
+    results, _ = await generate_sequences(st, served, items, options, seed, logprobs=details or bool(top_n),
+                                          top_logprobs=top_n)
+    vocab = vocabulary(served.pipeline)
     out = []
     for (sequence, *_) in results:  # TGI: one sequence a prompt
         text, reason, n = sequence.finish(stop)
         entry = {"generated_text": text}
         if details:
-            entry["details"] = {"finish_reason": reason, "generated_tokens": n, "seed": seed, "prefill": [], "tokens": []}
+            tokens = sequence.token_data(n)
+            entry["details"] = {"finish_reason": reason, "generated_tokens": n, "seed": seed, "prefill": [],
+                                "tokens": [tgi_token(vocab, i, lp) for i, lp, _ in tokens]}
+            if top_n:
+                entry["details"]["top_tokens"] = [tgi_top_tokens(vocab, top) for *_, top in tokens]
         out.append(entry)
     return json_response(out)
 
 
-def tgi_stream(st, served: Served, prompt: str, options: dict, stop: list[str], seed):
-    """TGI's stream: one `data: {"index", "token": {...}, "generated_text": null}` event per
-    piece; the last carries the whole text and details."""
-    stream, _ = open_stream(st, served, prompt, options, seed)
+def tgi_stream(st, served: Served, prompt: str, options: dict, stop: list[str], seed, top_n: int = 0):
+    """TGI's stream: one `data: {"index", "token": {id, text, logprob, special}, "generated_text":
+    null}` event per generated token (`text`: what it adds to the text, "" while text is held
+    back); the last carries the whole text and details."""
+    stream, prompt_tokens = open_stream(st, served, prompt, options, seed, logprobs=True, top_logprobs=top_n)
+    vocab = vocabulary(served.pipeline)
 
     async def events():
-        watcher, text, index = StopWatcher(stop), "", 0
+        text, index = "", 0
         try:
-            async for out in until_stop(stream, watcher):
+            async for out, token, end in sendable(stream, StopWatcher(stop)):
                 text += out
                 index += 1
-                yield sse({"index": index, "token": {"id": index, "text": out, "logprob": 0.0, "special": False},
-                           "generated_text": None, "details": None})
-            tail = watcher.flush()
-            text += tail
-            reason, n = finish_reason(served, text, watcher.stopped, options)
-            yield sse({"index": index + 1, "token": {"id": index + 1, "text": tail, "logprob": 0.0, "special": True},
-                       "generated_text": text, "details": {"finish_reason": reason, "generated_tokens": n, "seed": seed}})
+                event = {"index": index, "token": tgi_token(vocab, token.id, token.logprob, out),
+                         "generated_text": None, "details": None}
+                if top_n:
+                    event["top_tokens"] = tgi_top_tokens(vocab, token.top)
+                if end is not None:
+                    event["generated_text"] = text
+                    event["details"] = {"finish_reason": end, "generated_tokens": index,
+                                        "input_length": prompt_tokens, "seed": seed}
+                yield sse(event)
         except Exception as e:
             err = stream_error(e, served)
             yield sse({"error": errors.scrub(err.message), "error_type": err.error_type})

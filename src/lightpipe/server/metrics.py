@@ -129,7 +129,7 @@ class Metrics:
         self.batch_inputs = Histogram("lightpipe_batch_inputs", "inputs per coalesced batch", ("model",), SIZE_BUCKETS)
         self.batch_requests = Histogram("lightpipe_batch_requests", "requests coalesced into one batch", ("model",), SIZE_BUCKETS)
         self.batch_tokens = Histogram("lightpipe_batch_tokens", "input tokens per coalesced batch", ("model",), TOKEN_BUCKETS)
-        self.stream_pieces = Counter("lightpipe_streamed_pieces_total", "text pieces streamed to clients", ("model",))
+        self.stream_tokens = Counter("lightpipe_streamed_tokens_total", "generated tokens streamed to clients", ("model",))
         self.cancelled = Counter("lightpipe_cancelled_jobs_total", "queued jobs dropped because their client had gone",
                                  ("model",))
         self.queue_depth = Gauge("lightpipe_queue_depth", "requests waiting for a batch", ("model",))
@@ -138,7 +138,7 @@ class Metrics:
 
     def all(self) -> list[Metric]:
         return [self.requests, self.errors, self.latency, self.queue_time, self.inference_time, self.batch_inputs,
-                self.batch_requests, self.batch_tokens, self.stream_pieces, self.cancelled, self.queue_depth, self.in_flight, self.models]
+                self.batch_requests, self.batch_tokens, self.stream_tokens, self.cancelled, self.queue_depth, self.in_flight, self.models]
 
     def render(self) -> str:
         return "\n".join(line for m in self.all() for line in m.render()) + "\n"

@@ -7,15 +7,18 @@ chats to, where the path names the model. Errors are OpenAI's `{"error": {"messa
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from . import errors
 from .common import check_batch, embed, json_response, positive_int, read_json, state
-from .generate import (OPENAI_FINISH_REASONS, StopWatcher, finish_reason, generate_sequences, generation_options,
-                       open_stream, sampling, sse, sse_response, stops_of, stream_error, until_stop)
+from .generate import (OPENAI_FINISH_REASONS, StopWatcher, generate_sequences, generation_options, open_stream,
+                       sampling, sendable, sse, sse_response, stops_of, stream_error)
+from .tokens import MAX_TOP_LOGPROBS, chat_logprobs, completion_logprobs, vocabulary
 
 # OpenAI's names for the pipeline options a generation request sets (for messages and `param`)
 NAMES = {"max_new_tokens": "max_tokens", "num_return_sequences": "n", "inputs": "prompt"}
@@ -91,16 +94,23 @@ def generation_model(st, name, chat: bool):
 
 REFUSED = {"tools": "tool calling", "functions": "function calling", "tool_choice": "tool calling",
            "response_format": "response_format", "logit_bias": "logit_bias", "suffix": "suffix"}
-# log-probabilities need the engine to hand back the sampler's distribution per token: not yet
-NOT_YET = ("logprobs", "top_logprobs")
+MAX_TEMPLATE_KWARGS_CHARS = 4096  # chat_template_kwargs as JSON
 
 
-def openai_options(served, body: dict, chat: bool) -> tuple[dict, list[str], int | None, int, set]:
-    """The request's pipeline options, stop strings, seed, n, and the options the route filled in."""
-    for key in NOT_YET:
-        if body.get(key) not in (None, False, 0):
-            raise errors.bad_request(f"{key} is not available yet: lightpipe's engine does not return per-token "
-                                     f"log-probabilities; send the request without {key}", param=key)
+@dataclass
+class Asked:
+    """What an OpenAI generation request asks beyond the pipeline's options."""
+    stop: list[str]
+    seed: int | None
+    n: int
+    best_of: int
+    logprobs: bool  # per-token log-probabilities in the answer
+    top_logprobs: int  # alternatives per token
+    defaults: set  # the options the route filled in (not the client)
+
+
+def openai_options(st, served, body: dict, chat: bool) -> tuple[dict, Asked]:
+    """The request's pipeline options, and what else it asks."""
     for key, what in REFUSED.items():
         value = body.get(key)
         if value not in (None, False, 0, [], {}, "none") and not (key == "response_format" and value == {"type": "text"}):
@@ -112,10 +122,13 @@ def openai_options(served, body: dict, chat: bool) -> tuple[dict, list[str], int
     key = "max_completion_tokens" if given is not None else "max_tokens"
     limit = positive_int(given if given is not None else body.get("max_tokens"), key)
     n = positive_int(body.get("n"), "n", 1)
-    best_of = positive_int(body.get("best_of"), "best_of", 1)
-    if best_of > 1:
-        raise errors.bad_request("best_of is not available yet: choosing the best of several sequences needs their "
-                                 "log-probabilities; use n", param="best_of")
+    best_of = positive_int(body.get("best_of"), "best_of", n)
+    if best_of < n:
+        raise errors.validation(f"best_of must be at least n ({n}), got {best_of}", param="best_of")
+    if body.get("best_of") is not None and best_of > st.config.max_sequences:
+        raise errors.validation(f"best_of={best_of} is more than the {st.config.max_sequences} sequences a prompt "
+                                "may ask for (--max-sequences)", param="best_of")
+    logprobs, top_logprobs = logprobs_of(body, chat)
     temperature = body.get("temperature")
     options = sampling({}, True, 1.0 if temperature is None else temperature)  # OpenAI samples unless temperature is 0
     if body.get("top_p") is not None and options["do_sample"]:
@@ -123,19 +136,74 @@ def openai_options(served, body: dict, chat: bool) -> tuple[dict, list[str], int
     for extra in ("top_k", "repetition_penalty", "num_beams"):  # extensions other servers accept too
         if body.get(extra) is not None:
             options[extra] = body[extra]
+    if logprobs and options.get("num_beams") not in (None, 1):
+        raise errors.bad_request("logprobs need num_beams=1: beam search scores whole sequences, not the tokens "
+                                 "of one distribution", param="logprobs")
     defaults = set()
     if limit is not None:
         options["max_new_tokens"] = limit
     elif not chat:
         options["max_new_tokens"] = 16  # OpenAI's default for completions
         defaults.add("max_new_tokens")
-    if n > 1 and options["do_sample"]:
-        options["num_return_sequences"] = n  # greedy: one answer, repeated n times below
-    options["return_full_text"] = boolean_echo(body) and not chat
+    if best_of > 1 and options["do_sample"]:
+        options["num_return_sequences"] = best_of  # greedy: one answer, repeated n times
+    echo = boolean_echo(body)
+    if echo and logprobs and not chat:
+        raise errors.bad_request("echo with logprobs would need the prompt's log-probabilities, which lightpipe does "
+                                 "not compute; send one of them", param="echo")
+    options["return_full_text"] = echo and not chat
+    kwargs = template_kwargs(body.get("chat_template_kwargs"), chat)
+    if kwargs:
+        options["tokenizer_encode_kwargs"] = kwargs
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise errors.validation(f"seed must be an integer, got {seed!r:.40}", param="seed")
-    return generation_options(served, options), stops_of(body.get("stop")), seed, n, defaults
+    asked = Asked(stops_of(body.get("stop")), seed, n, best_of, logprobs, top_logprobs, defaults)
+    return generation_options(served, options), asked
+
+
+def logprobs_of(body: dict, chat: bool) -> tuple[bool, int]:
+    """(log-probabilities wanted, alternatives per token): chat's `logprobs: true` with
+    `top_logprobs: k`, or completions' `logprobs: k` — k within 0..MAX_TOP_LOGPROBS."""
+    def alternatives(value, name):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOP_LOGPROBS:
+            raise errors.validation(f"{name} must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {value!r:.40}",
+                                    param=name)
+        return value
+
+    value, top = body.get("logprobs"), body.get("top_logprobs")
+    if not chat:
+        if top is not None:
+            raise errors.validation("top_logprobs is a chat parameter; completions take logprobs: <int>",
+                                    param="top_logprobs")
+        return (False, 0) if value is None else (True, alternatives(value, "logprobs"))
+    if value is not None and not isinstance(value, bool):
+        raise errors.validation(f"logprobs must be true or false, got {value!r:.40}", param="logprobs")
+    if top is not None:
+        if not value:
+            raise errors.bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
+        return True, alternatives(top, "top_logprobs")
+    return bool(value), 0
+
+
+def template_kwargs(value, chat: bool) -> dict | None:
+    """chat_template_kwargs (vLLM's): variables for the chat template (Qwen3's enable_thinking),
+    a JSON object of bounded size."""
+    if value is None:
+        return None
+    if not chat:
+        raise errors.validation("chat_template_kwargs applies to chat completions (a prompt string is not "
+                                "rendered by a template)", param="chat_template_kwargs")
+    if not isinstance(value, dict):
+        raise errors.validation(f"chat_template_kwargs must be an object, got {value!r:.40}",
+                                param="chat_template_kwargs")
+    if len(json.dumps(value)) > MAX_TEMPLATE_KWARGS_CHARS:
+        raise errors.validation(f"chat_template_kwargs is longer than {MAX_TEMPLATE_KWARGS_CHARS} characters of "
+                                "JSON", param="chat_template_kwargs")
+    if "add_special_tokens" in value:
+        raise errors.validation("add_special_tokens is not a chat template variable (a template writes its own "
+                                "special tokens)", param="chat_template_kwargs")
+    return dict(value)
 
 
 def boolean_echo(body: dict) -> bool:
@@ -189,7 +257,7 @@ async def complete(request: Request, chat: bool):
     st = state(request)
     body = await read_json(request)
     served = generation_model(st, model_in_path(request) or body.get("model"), chat)
-    options, stop, seed, n, defaults = openai_options(served, body, chat)
+    options, asked = openai_options(st, served, body, chat)
     names = CHAT_NAMES if chat else NAMES
     if chat:
         prompts = [check_messages(body.get("messages"))]
@@ -204,25 +272,40 @@ async def complete(request: Request, chat: bool):
         raise errors.validation(f"stream must be true or false, got {stream!r:.40}", param="stream")
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     if stream:
-        if n > 1 or len(prompts) > 1:
+        if asked.n > 1 or len(prompts) > 1:
             raise errors.validation("stream=true takes one prompt and n=1", param="n")
+        if asked.best_of > 1:
+            raise errors.validation("stream=true can't choose the best of several sequences; send best_of 1",
+                                    param="best_of")
         usage = include_usage(body)
-        return stream_response(st, served, prompts[0], options, stop, seed, chat, rid, usage, defaults, names)
-    results, prompt_tokens = await generate_sequences(st, served, prompts, options, seed, defaults, names)
+        return stream_response(st, served, prompts[0], options, asked, chat, rid, usage, names)
+    # best_of > n chooses by the sequences' log-probabilities, which the engine then returns
+    want = asked.logprobs or asked.best_of > asked.n
+    results, prompt_tokens = await generate_sequences(st, served, prompts, options, asked.seed, asked.defaults, names,
+                                                      logprobs=want, top_logprobs=asked.top_logprobs)
+    vocab = vocabulary(served.pipeline) if asked.logprobs else None
     choices, completion_tokens = [], 0
     for sequences in results:
-        if len(sequences) == 1 and n > 1:  # greedy: the one answer, n times
-            sequences = sequences * n
-        for seq in sequences[:n]:
-            text, reason, used = seq.finish(stop)
-            reason = OPENAI_FINISH_REASONS[reason]
-            completion_tokens += used
+        finished = [(seq, *seq.finish(asked.stop)) for seq in sequences]
+        if len(finished) == 1:  # greedy: the one answer, n times
+            completion_tokens += finished[0][3] * asked.n
+            finished = finished * asked.n
+        else:  # sampled: every candidate counts; the n best by mean log-probability per token are returned
+            completion_tokens += sum(used for *_, used in finished)
+            if asked.best_of > asked.n:
+                finished = sorted(finished, key=lambda f: -mean_logprob(f[0].token_data(f[3])))[:asked.n]
+        for seq, text, reason, used in finished:
             i = len(choices)
+            logprobs = None
+            if vocab is not None:
+                tokens = seq.token_data(used)
+                logprobs = chat_logprobs(vocab, tokens) if chat else completion_logprobs(vocab, tokens)
+            reason = OPENAI_FINISH_REASONS[reason]
             if chat:
-                choices.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                choices.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                                 "finish_reason": reason})
             else:
-                choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": reason})
+                choices.append({"index": i, "text": text, "logprobs": logprobs, "finish_reason": reason})
     return json_response({
         "id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
         "model": served.id, "choices": choices,
@@ -231,33 +314,42 @@ async def complete(request: Request, chat: bool):
     })
 
 
-def stream_response(st, served, prompt, options, stop, seed, chat: bool, rid: str, include_usage: bool,
-                    defaults, names):
-    stream, prompt_tokens = open_stream(st, served, prompt, options, seed, defaults, names)
+def mean_logprob(tokens: list[tuple]) -> float:
+    """OpenAI's best_of rule: the highest log-probability per token."""
+    return sum(lp for _, lp, _ in tokens) / len(tokens) if tokens else 0.0
+
+
+def stream_response(st, served, prompt, options, asked: Asked, chat: bool, rid: str, include_usage: bool, names):
+    stream, prompt_tokens = open_stream(st, served, prompt, options, asked.seed, asked.defaults, names,
+                                        logprobs=asked.logprobs, top_logprobs=asked.top_logprobs)
+    vocab = vocabulary(served.pipeline) if asked.logprobs else None
     created = int(time.time())
     kind = "chat.completion.chunk" if chat else "text_completion"
 
-    def chunk(delta: str | None, reason=None, first=False) -> str:
+    def chunk(delta: str | None, reason=None, first=False, logprobs=None) -> str:
         if chat:
             d = {"role": "assistant", "content": ""} if first else ({} if delta is None else {"content": delta})
-            choice = {"index": 0, "delta": d, "logprobs": None, "finish_reason": reason}
+            choice = {"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": reason}
         else:
-            choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": reason}
+            choice = {"index": 0, "text": delta or "", "logprobs": logprobs, "finish_reason": reason}
         return sse({"id": rid, "object": kind, "created": created, "model": served.id, "choices": [choice]})
 
     async def events():
-        watcher, text = StopWatcher(stop), ""
+        used, offset, reason = 0, 0, "length"
         try:
             if chat:
                 yield chunk(None, first=True)
-            async for out in until_stop(stream, watcher):
-                text += out
-                yield chunk(out)
-            tail = watcher.flush()
-            if tail:
-                text += tail
-                yield chunk(tail)
-            reason, used = finish_reason(served, text, watcher.stopped, options)
+            async for out, token, end in sendable(stream, StopWatcher(asked.stop)):
+                used += 1
+                if vocab is not None:  # a chunk per token, with its log-probabilities
+                    data = [(token.id, token.logprob, token.top)]
+                    logprobs = chat_logprobs(vocab, data) if chat else completion_logprobs(vocab, data, offset)
+                    offset += len(vocab.text(token.id))
+                    yield chunk(out, logprobs=logprobs)
+                elif out:
+                    yield chunk(out)
+                if end is not None:
+                    reason = end
             yield chunk(None, OPENAI_FINISH_REASONS[reason])
             if include_usage:
                 yield sse({"id": rid, "object": kind, "created": created, "model": served.id, "choices": [],
