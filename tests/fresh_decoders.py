@@ -9,10 +9,7 @@ lightpipe is imported here.
 
 from __future__ import annotations
 
-import json
-import sys
-import traceback
-
+import fresh_script
 from lightpipe import pipeline
 
 PROMPTS = ["The assert statement", "Python lists are mutable sequences, typically used to store"]
@@ -47,24 +44,9 @@ CHECKS = {
 
 def checks(folders: dict) -> dict:
     """{name: its outputs} (or {name: {"error": traceback}})."""
-    results = {}
-    for name, folder in folders.items():
-        try:
-            results[name] = CHECKS[name](folder)
-        except Exception:
-            results[name] = {"error": traceback.format_exc()}
-    return results
-
-
-def main(folders_json: str, results_json: str) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # as the test process: same kernels, same floats
-    with open(folders_json, encoding="utf-8") as f:
-        results = checks(json.load(f))
-    with open(results_json, "w", encoding="utf-8") as f:
-        json.dump(results, f)
+    return fresh_script.run_calls({name: lambda name=name, folder=folder: CHECKS[name](folder)
+                                   for name, folder in folders.items()})
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    fresh_script.main(checks)

@@ -8,10 +8,7 @@ called in the test process as the reference. Only lightpipe is imported here.
 
 from __future__ import annotations
 
-import json
-import sys
-import traceback
-
+import fresh_script
 from lightpipe import pipeline
 
 TEXTS = ["The assert statement is a convenient way to insert debugging assertions into a program.",
@@ -31,24 +28,8 @@ def checks(folders: dict) -> dict:
         "zero-shot-classification": lambda: pipeline("zero-shot-classification", model=folders["nli"])(
             TEXTS[0], candidate_labels=["programming", "cooking", "politics"]),
     }
-    results = {}
-    for task, call in calls.items():
-        try:
-            results[task] = call()
-        except Exception:
-            results[task] = {"error": traceback.format_exc()}
-    return results
-
-
-def main(folders_json: str, results_json: str) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # as the test process: same kernels, same floats
-    with open(folders_json, encoding="utf-8") as f:
-        results = checks(json.load(f))
-    with open(results_json, "w", encoding="utf-8") as f:
-        json.dump(results, f)
+    return fresh_script.run_calls(calls)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    fresh_script.main(checks)

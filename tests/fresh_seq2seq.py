@@ -8,10 +8,7 @@ process as the reference. Only lightpipe is imported here.
 
 from __future__ import annotations
 
-import json
-import sys
-import traceback
-
+import fresh_script
 from lightpipe import pipeline
 
 FAMILIES = {"nllb": "nllb", "m2m100": "m2m100", "pegasus": "pegasus", "mt5": "mt5"}
@@ -29,24 +26,8 @@ def checks(folders: dict) -> dict:
         "pegasus": lambda: pipeline("summarization", model=folders["pegasus"])(TEXTS, **KW),
         "mt5": lambda: pipeline("text2text-generation", model=folders["mt5"])(TEXTS, **KW),
     }
-    results = {}
-    for family, call in calls.items():
-        try:
-            results[family] = call()
-        except Exception:
-            results[family] = {"error": traceback.format_exc()}
-    return results
-
-
-def main(folders_json: str, results_json: str) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # as the test process: same kernels, same floats
-    with open(folders_json, encoding="utf-8") as f:
-        results = checks(json.load(f))
-    with open(results_json, "w", encoding="utf-8") as f:
-        json.dump(results, f)
+    return fresh_script.run_calls(calls)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    fresh_script.main(checks)
