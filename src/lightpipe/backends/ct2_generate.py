@@ -10,12 +10,15 @@ max_length, min_new_tokens / min_length, the context's end).
 
 How GenerationConfig maps (docs/python.md, "Backends"):
   greedy / sampling   sampling_topk 1 / top_k (0: the whole vocabulary), sampling_topp,
-                      sampling_temperature; `seed` seeds CTranslate2's generator
-                      (ctranslate2.set_random_seed) before the call: a seeded call repeats
+                      sampling_temperature; `seed`: ctranslate2.set_random_seed, then a fresh
+                      engine (`engine_for`): a seeded call repeats
   beam search         beam_size, length_penalty, num_hypotheses (num_return_sequences);
-                      early_stopping: CTranslate2 stops once num_beams hypotheses are finished
-                      (patience 1) — True in transformers; False and "never" search on there
-  penalties           repetition_penalty, no_repeat_ngram_size, bad_words_ids (suppress_sequences)
+                      early_stopping: CTranslate2's own rule (patience 1), close to True in
+                      transformers; its penalties and bans act before a step's log-softmax,
+                      transformers' after, so penalized beams may rank differently
+  penalties           repetition_penalty, no_repeat_ngram_size, bad_words_ids (suppress_sequences);
+                      they only see the tokens CTranslate2's loop went through, so with them a
+                      decoder-only prompt is replayed through the loop (`Plan.replayed`)
   ends                eos_token_id (end_token, returned as transformers returns it), min/max
                       new tokens; forced_bos_token_id on an encoder-decoder (target_prefix);
                       forced_eos_token_id: the last position is eos (one step fewer is asked

@@ -39,8 +39,10 @@ def check_generation(config: dict) -> None:
     if model_type not in known:
         raise ValueError(f"backend='ctranslate2' generates with {', '.join(known)} models, not model_type "
                          f"{model_type!r}; use backend='torch' (the default) for this model")
-    act = config.get("activation_function" if model_type in ("gpt2",) + SEQ2SEQ_TYPES else "hidden_act",
-                     "gelu_new" if model_type == "gpt2" else "gelu" if model_type == "bart" else "silu")
+    # each family's config key for it, and its default (as its config class has it)
+    key, default = {"gpt2": ("activation_function", "gelu_new"), "bart": ("activation_function", "gelu"),
+                    "marian": ("activation_function", "gelu")}.get(model_type, ("hidden_act", "silu"))
+    act = config.get(key, default)
     if act not in ACTIVATIONS:
         raise ValueError(f"backend='ctranslate2' has no {act!r} activation (model_type {model_type!r}); "
                          f"known: {sorted(ACTIVATIONS)}. Use backend='torch'")
@@ -54,8 +56,6 @@ def check_generation(config: dict) -> None:
         if kind not in ("default", "linear"):
             raise ValueError(f"backend='ctranslate2' runs rope_scaling 'default' and 'linear', not {kind!r} "
                              f"(model_type {model_type!r}); use backend='torch'")
-        if config.get("mlp_bias") and model_type != "llama":
-            raise ValueError("backend='ctranslate2': mlp_bias is read for llama only; use backend='torch'")
     elif model_type == "marian" and config.get("share_encoder_decoder_embeddings") is False and (
             config.get("decoder_vocab_size") not in (None, config.get("vocab_size"))):
         raise ValueError("backend='ctranslate2' needs Marian's decoder vocabulary as large as its embeddings "
