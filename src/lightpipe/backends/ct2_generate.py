@@ -164,12 +164,6 @@ class Ctranslate2Generation:
 
     # -- planning --------------------------------------------------------------------------
 
-    @property
-    def ct2(self):
-        from .ctranslate2 import import_ctranslate2
-
-        return import_ctranslate2()
-
     def prompt(self, prompt: list[int], config) -> list[int]:
         if not self.encoder_decoder and not prompt:  # as GenerationPipeline.submit: start from BOS
             if config.bos_token_id is None:
@@ -251,7 +245,9 @@ class Ctranslate2Generation:
                     _SEED_LOCK.release()
 
         try:
-            self.ct2.set_random_seed(int(config.seed))
+            import ctranslate2  # present: this object's engine is one
+
+            ctranslate2.set_random_seed(int(config.seed))
             return self.load(), release
         except BaseException:
             release()
