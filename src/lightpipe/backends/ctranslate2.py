@@ -33,12 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .ct2_specs import ACTIVATIONS  # config.json's activation name → CTranslate2's Activation member
+
 EXTRA = "pip install 'lightpipe[ctranslate2]'"
 BERT_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 MODEL_TYPES = (*BERT_TYPES, "distilbert")
-# config.json's hidden_act / activation → CTranslate2's Activation member (as the Hub's models use them)
-ACTIVATIONS = {"gelu": "GELU", "gelu_new": "GELUTanh", "gelu_pytorch_tanh": "GELUTanh", "gelu_fast": "GELUTanh",
-               "relu": "RELU", "silu": "SWISH", "swish": "SWISH", "tanh": "Tanh"}
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 GENERATION_HEADS = ("causal-lm", "seq2seq-lm")
 
