@@ -29,11 +29,12 @@ summarization.py). ORT and CTranslate2 are converted from those same folders
 TransformersConverter); checkpoints and conversions are cached in $TMPDIR/lightpipe-bench-rivals
 (the first run spends several minutes converting, mostly distilbart); --rebuild starts afresh.
 
-lightpipe ct2 (embeddings, classification): `pipeline(..., backend="ctranslate2")` and
-quantize="int8" with it, i.e. lightpipe's pipeline with the encoder's layers in CTranslate2,
-built from lightpipe's loaded weights at load time (not counted, like every conversion); the
-gap between it and the bare CTranslate2 column is what lightpipe's pipeline costs around the
-same engine.
+lightpipe ct2 (every row but cold start): `pipeline(..., backend="ctranslate2")` and
+quantize="int8" with it, i.e. lightpipe's pipeline with the encoder's layers in CTranslate2
+(embeddings, classification), or its generation in a CTranslate2 Generator / Translator
+(decoding, summarization), built from lightpipe's loaded weights at load time (not counted,
+like every conversion); the gap between it and the bare CTranslate2 column is what lightpipe's
+pipeline costs around the same engine.
 
 How the rivals are driven, where they lack a pipeline:
   - ORT encoders: our loop over length-sorted batches of 32 (as sentence-transformers does),
@@ -199,7 +200,7 @@ def ort_engines(exported: Path, int8: Path):
 
 
 CT2_ENGINES = [("CTranslate2 fp32", "CT2 fp32", "float32"), ("CTranslate2 int8", "CT2 int8", "int8")]
-# lightpipe's encoder rows: (column, quantize, backend)
+# lightpipe's rows: (column, quantize, backend)
 LIGHTPIPE_ENGINES = [("lightpipe fp32", None, "torch"), ("lightpipe int8", "int8", "torch"),
                      ("lightpipe ct2 fp32", None, "ctranslate2"), ("lightpipe ct2 int8", "int8", "ctranslate2")]
 
@@ -431,12 +432,15 @@ def decoding(args) -> list[Table]:
         else:
             eight.add(label, column, None, one.rows[-1][3])
 
-    def lp(quantize):
-        ours = pipeline("text-generation", model=folder, quantize=quantize)
+    def lp(quantize, backend="torch"):
+        ours = pipeline("text-generation", model=folder, quantize=quantize, backend=backend)
 
         def generate(p, k):
             out = ours(p, do_sample=False, max_new_tokens=k, min_new_tokens=k, return_tensors=True, batch_size=len(p))
             return [r[0]["generated_token_ids"][-k:].tolist() for r in out]
+        if backend == "ctranslate2":  # the torch layers are gone: the logits are CTranslate2's
+            engine = ours.model.generation_backend.engine
+            return generate, lambda seq: rivals.as_array(engine.forward_batch([[f"<{t}>" for t in seq]]))[0]
         return generate, lambda seq: ours.model(torch.tensor([seq]))[0].float().numpy()
 
     def theirs():
@@ -479,6 +483,8 @@ def decoding(args) -> list[Table]:
     engine("lightpipe fp32", "lightpipe fp32", lambda: lp(None))
     engine("transformers pipeline fp32", "reference", theirs)
     engine("lightpipe int8", "lightpipe int8", lambda: lp("int8"))
+    engine("lightpipe ct2 fp32", "lightpipe ct2 fp32", lambda: lp(None, "ctranslate2"))
+    engine("lightpipe ct2 int8", "lightpipe ct2 int8", lambda: lp("int8", "ctranslate2"))
     engine("ONNX Runtime fp32 (optimum)", "ORT fp32", lambda: ort(0))
     engine("ONNX Runtime int8 (optimum)", "ORT int8", lambda: ort(1))
     for label, column, compute_type in CT2_ENGINES:
@@ -534,12 +540,12 @@ def summarization(args) -> Table:
                                                                           **settings)])
 
     run_engine(table, "transformers pipeline fp32", "reference", theirs)
-    for label, column, quantize in [("lightpipe fp32", "lightpipe fp32", None), ("lightpipe int8", "lightpipe int8", "int8")]:
-        def lp(quantize=quantize):
-            ours = pipeline("summarization", model=folder, quantize=quantize)
+    for column, quantize, backend in LIGHTPIPE_ENGINES:
+        def lp(quantize=quantize, backend=backend):
+            ours = pipeline("summarization", model=folder, quantize=quantize, backend=backend)
             return timed(lambda d: [r["summary_token_ids"] for r in ours(d, batch_size=len(d), return_tensors=True,
                                                                          **settings)])
-        run_engine(table, label, column, lp)
+        run_engine(table, column, column, lp)
 
     def ort(which):
         from optimum.onnxruntime import ORTModelForSeq2SeqLM

@@ -108,8 +108,16 @@ class Checks:
             return str(e)
         raise AssertionError("the chat template accepted a tool message")
 
+    def check_text_generation__ctranslate2(self):
+        """backend="ctranslate2": a CTranslate2 Generator built from the loaded weights, called and streamed."""
+        pipe = self.pipe("text-generation", "chat", backend="ctranslate2")
+        return [pipe([TEXTS[0], "A class"], **GREEDY), list(pipe.stream("A class", **GREEDY))]
+
     def check_summarization(self):
         return self.pipe("summarization", "bart")(TEXTS[:2], max_new_tokens=8)
+
+    def check_summarization__ctranslate2(self):  # a CTranslate2 Translator, the checkpoint's beams
+        return self.pipe("summarization", "bart", backend="ctranslate2")(TEXTS[:2], max_new_tokens=8)
 
     def check_translation__t5(self):
         return self.pipe("translation_en_to_fr", "t5")("Python lists are mutable.", max_length=48)

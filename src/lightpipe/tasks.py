@@ -119,10 +119,11 @@ def build_pipeline(task=None, model=None, *, revision=None, device=None, dtype=N
     if backend == "ctranslate2":
         from .backends import ctranslate2
 
-        ctranslate2.check(config, resolved)  # an unsupported model or a missing package fails before the weights load
+        # an unsupported model or a missing package fails before the weights load
+        ctranslate2.check(config, resolved, cls.head_for(config))
     net, config = load_model(folder, cls.head_for(config), dtype=dtype, device=device, allow_pickle=allow_pickle)
     if backend == "ctranslate2":
-        net = ctranslate2.attach(net, config, quantize=quantize)
+        net = ctranslate2.attach(net, config, quantize=quantize, folder=folder, head=cls.head_for(config))
     elif quantize == "int8":
         from .quantize import quantize_int8
 

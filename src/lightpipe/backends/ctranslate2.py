@@ -1,4 +1,7 @@
 """CTranslate2 as the engine of a BERT-style encoder: `pipeline(..., backend="ctranslate2")`.
+(Generation models — GPT-2, Llama, Mistral, Qwen2, BART, Marian — generate through a
+CTranslate2 Generator / Translator instead: `attach_generation`, ct2_specs.py and
+ct2_generate.py.)
 
 On this project's CPUs CTranslate2 runs all-MiniLM-L6-v2 about 1.8x faster than PyTorch in
 float32, and its int8 (per-row int8 activations) keeps a cosine of 0.99 to float32 where
@@ -30,13 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .ct2_specs import ACTIVATIONS  # config.json's activation name → CTranslate2's Activation member
+
 EXTRA = "pip install 'lightpipe[ctranslate2]'"
 BERT_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 MODEL_TYPES = (*BERT_TYPES, "distilbert")
-# config.json's hidden_act / activation → CTranslate2's Activation member (as the Hub's models use them)
-ACTIVATIONS = {"gelu": "GELU", "gelu_new": "GELUTanh", "gelu_pytorch_tanh": "GELUTanh", "gelu_fast": "GELUTanh",
-               "relu": "RELU", "silu": "SWISH", "swish": "SWISH", "tanh": "Tanh"}
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+GENERATION_HEADS = ("causal-lm", "seq2seq-lm")
 
 
 def import_ctranslate2():
@@ -47,36 +50,35 @@ def import_ctranslate2():
     return ctranslate2
 
 
-def check(config: dict, device: torch.device) -> None:
-    """Fail before the weights load: a model type CTranslate2's encoder can't express, a
-    device other than the CPU (`device`: as loading.resolve_device gives it), or the package
-    missing."""
+def check(config: dict, device: torch.device, head: str | None = None) -> None:
+    """Fail before the weights load: a model type CTranslate2 can't express (an encoder's, or
+    with a generation `head` — causal-lm, seq2seq-lm — a generator's), a device other than the
+    CPU (`device`: as loading.resolve_device gives it), or the package missing."""
     model_type = config.get("model_type")
-    if model_type not in MODEL_TYPES:
+    if head in GENERATION_HEADS:
+        from .ct2_specs import check_generation
+
+        check_generation(config)
+    elif model_type not in MODEL_TYPES:
         raise ValueError(f"backend='ctranslate2' runs {', '.join(MODEL_TYPES)} encoders, not model_type "
                          f"{model_type!r}; use backend='torch' (the default) for this model")
-    act = config.get("activation" if model_type == "distilbert" else "hidden_act", "gelu")
-    if act not in ACTIVATIONS:
-        raise ValueError(f"backend='ctranslate2' has no {act!r} activation (model_type {model_type!r}); "
-                         f"known: {sorted(ACTIVATIONS)}. Use backend='torch'")
-    if config.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"backend='ctranslate2' runs absolute positions only, not position_embedding_type "
-                         f"{config['position_embedding_type']!r}")
+    else:
+        act = config.get("activation" if model_type == "distilbert" else "hidden_act", "gelu")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"backend='ctranslate2' has no {act!r} activation (model_type {model_type!r}); "
+                             f"known: {sorted(ACTIVATIONS)}. Use backend='torch'")
+        if config.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"backend='ctranslate2' runs absolute positions only, not position_embedding_type "
+                             f"{config['position_embedding_type']!r}")
     if device.type != "cpu":
         raise ValueError(f"backend='ctranslate2' runs on the CPU in lightpipe, not device='{device}'; "
                          "use backend='torch' on an accelerator")
     import_ctranslate2()
 
 
-def attach(model: nn.Module, config: dict, quantize: str | None = None) -> nn.Module:
-    """Run `model`'s encoder in CTranslate2 (in place; returns the model). `quantize="int8"`:
-    CTranslate2's int8 for the encoder's linear layers; the torch head stays as loaded."""
+def compute_type_for(dtype: torch.dtype, quantize: str | None) -> str:
+    """CTranslate2's compute type for lightpipe's dtype and quantize=, checked against this CPU."""
     ct2 = import_ctranslate2()
-    from ..models.bert import BertModel
-    from ..models.distilbert import DistilBertModel
-
-    encoder = next(m for m in model.modules() if isinstance(m, (BertModel, DistilBertModel)))
-    dtype = encoder.embeddings.word_embeddings.weight.dtype
     compute_type = DTYPES[dtype]
     if quantize == "int8":
         compute_type = "int8" if dtype == torch.float32 else f"int8_{compute_type}"
@@ -84,6 +86,24 @@ def attach(model: nn.Module, config: dict, quantize: str | None = None) -> nn.Mo
     if compute_type not in supported:
         raise ValueError(f"backend='ctranslate2' can't compute in {compute_type} on this CPU (dtype={dtype}, "
                          f"quantize={quantize!r}); it offers {sorted(supported)}")
+    return compute_type
+
+
+def attach(model: nn.Module, config: dict, quantize: str | None = None, folder=None, head: str | None = None
+           ) -> nn.Module:
+    """Run `model`'s encoder in CTranslate2 (in place; returns the model), or with a
+    generation `head` its generation (`attach_generation`; `folder`: the checkpoint's, for its
+    generation_config.json). `quantize="int8"`: CTranslate2's int8 for the linear layers; an
+    encoder's torch head stays as loaded."""
+    if head in GENERATION_HEADS:
+        return attach_generation(model, config, quantize, folder)
+    ct2 = import_ctranslate2()
+    from ..models.bert import BertModel
+    from ..models.distilbert import DistilBertModel
+
+    encoder = next(m for m in model.modules() if isinstance(m, (BertModel, DistilBertModel)))
+    dtype = encoder.embeddings.word_embeddings.weight.dtype
+    compute_type = compute_type_for(dtype, quantize)
     spec, positions, takes_types = encoder_spec(encoder, config)
     with tempfile.TemporaryDirectory(prefix="lightpipe-ct2-") as folder:
         spec.save(folder)
@@ -93,6 +113,59 @@ def attach(model: nn.Module, config: dict, quantize: str | None = None) -> nn.Mo
     layers = encoder.encoder if isinstance(encoder, BertModel) else encoder.transformer
     layers["layer"] = nn.ModuleList()  # now in CTranslate2: don't hold the torch copy too
     return model
+
+
+def attach_generation(model: nn.Module, config: dict, quantize: str | None = None, folder=None) -> nn.Module:
+    """Generate with CTranslate2 (in place; returns the model): a Generator (decoder-only) or
+    Translator (encoder-decoder) built from the loaded weights becomes
+    `model.generation_backend`, which the generation pipelines call instead of the torch
+    engine; the torch layers are dropped (the embeddings stay, for what reads the model's
+    facts). The CTranslate2 model's files stay in a temporary folder while the pipeline lives
+    (removed with it): a seeded sampling call loads a fresh engine from them
+    (ct2_generate.Ctranslate2Generation.engine_for)."""
+    from functools import partial
+
+    from .ct2_generate import Ctranslate2Generation
+    from .ct2_specs import decoder_spec, seq2seq_spec
+
+    ct2 = import_ctranslate2()
+    dtype = next(model.parameters()).dtype
+    compute_type = compute_type_for(dtype, quantize)
+    threads = dict(device="cpu", compute_type=compute_type, inter_threads=1, intra_threads=torch.get_num_threads())
+    files = tempfile.TemporaryDirectory(prefix="lightpipe-ct2-")
+    start = decoder_start(config, folder) if model.is_encoder_decoder else None
+    spec = seq2seq_spec(model, config, start) if model.is_encoder_decoder else decoder_spec(model, config)
+    spec.save(files.name)
+    del spec
+    load = partial(ct2.Translator if model.is_encoder_decoder else ct2.Generator, files.name, **threads)
+    model.generation_backend = Ctranslate2Generation(load, model, model.is_encoder_decoder, compute_type, start, files)
+    # now in CTranslate2: don't hold the torch copy of the layers too
+    if model.is_encoder_decoder:
+        model.model.encoder.layers = nn.ModuleList()
+        model.model.decoder.layers = nn.ModuleList()
+    elif config["model_type"] == "gpt2":
+        model.transformer.h = nn.ModuleList()
+    else:
+        model.model.layers = nn.ModuleList()
+    return model
+
+
+def decoder_start(config: dict, folder) -> int:
+    """The encoder-decoder's first decoder token, as generation will ask for it: the
+    checkpoint's generation_config.json (else config.json) decoder_start_token_id, else its
+    bos_token_id."""
+    from pathlib import Path
+
+    from ..generation_config import GenerationConfig
+    from ..repo_files import read_json
+
+    saved = read_json(Path(folder) / "generation_config.json", missing=None) if folder else None
+    generation = GenerationConfig.from_model(config, saved)
+    start = generation.decoder_start_token_id
+    start = start if start is not None else generation.bos_token_id
+    if start is None:
+        raise ValueError("backend='ctranslate2': this encoder-decoder has no decoder_start_token_id or bos_token_id")
+    return int(start)
 
 
 def encoder_spec(encoder: nn.Module, config: dict):

@@ -88,6 +88,10 @@ class GenerationPipeline(Pipeline):
         """A generation engine on this pipeline's model: `batch_size` prompts (default 16) at
         once, each with its beams or sampled sequences."""
         size = check_positive_int(batch_size, "batch_size") or DEFAULT_BATCH
+        if getattr(self.model, "generation_backend", None) is not None:
+            raise ValueError("this pipeline generates with backend='ctranslate2', which has no continuous-batching "
+                             "engine (the server's streams use one): call the pipeline or stream() instead, or "
+                             "build it with backend='torch'")
         rows = max(config.num_beams, config.num_return_sequences) if config is not None else 1
         # a prompt larger than the budget runs alone, as a lone prompt always could
         return Engine(self.model, kv_budget_tokens=KV_BUDGET_TOKENS, max_rows=size * rows, oversized="alone")
@@ -110,6 +114,11 @@ class GenerationPipeline(Pipeline):
         rows begin with the bos token it started from, which transformers returns and decodes);
         an encoder-decoder's decoder sequences from the start token, padded to the prompt's
         longest."""
+        backend = getattr(self.model, "generation_backend", None)
+        if backend is not None:  # backend="ctranslate2": static batches in CTranslate2 (backends/ct2_generate.py)
+            for prompt in prompts:
+                self.check_memory(1, len(prompt), config)
+            return backend.generate(self, prompts, config, check_positive_int(batch_size, "batch_size"))
         engine = self.engine(batch_size, config)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
         handles: list = [None] * len(prompts)

@@ -173,6 +173,16 @@ class TextGenerationPipeline(GenerationPipeline):
         that made it, and a consumer that stops iterating (closes the generator) cancels the
         sequence at once."""
         prompt_ids, config, pieces = self.stream_request(prompt, **kwargs)
+        backend = getattr(self.model, "generation_backend", None)
+        if backend is not None:  # backend="ctranslate2": its own token iterator
+            tokens = backend.stream(self, prompt_ids, config)
+            try:
+                for token in tokens:
+                    yield from pieces.push(token)
+                yield from pieces.end()
+            finally:
+                tokens.close()
+            return
         engine = self.engine(1, config)
         handle = self.submit(engine, prompt_ids, config)
         events = engine.events(handle)
