@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 from tiny import (T5_TASKS, bart_checkpoint, bpe_tokenizer, causal_lm_checkpoint, encoder_checkpoint,
-                  marian_checkpoint, mbart50_checkpoint, qwen2_tokenizer, save_checkpoint, t5_checkpoint,
-                  write_generation_config)
+                  marian_checkpoint, mbart50_checkpoint, qwen2_tokenizer, save_checkpoint, t5_checkpoint)
 from tiny_seq2seq import nllb_checkpoint
 
 

@@ -12,7 +12,6 @@ import sys
 import warnings
 
 import pytest
-import torch
 import transformers
 
 from compare import assert_same

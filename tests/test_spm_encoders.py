@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from lightpipe import loading
 from lightpipe.loading import load_model
 from lightpipe.tokenization import load as load_tokenizer
-from tiny import SPM_ENCODERS, SPM_FORMS, albert_tokenizer, corpus, deberta_tokenizer, sentences, spm_encoder_checkpoint
+from tiny import SPM_ENCODERS, SPM_FORMS, albert_tokenizer, corpus, deberta_tokenizer, sentences
 from tiny import spm_model
 
 pytestmark = pytest.mark.parity
