@@ -11,9 +11,11 @@ temperatures 0/0.7/1.0, seeded):
 Each row: aggregate generated tokens/s (the ratio to the one-at-a-time row beside it; target:
 16 clients >= 4x), TTFT and inter-token latency p50/p99, requests, wall time.
 
-`transformers serve --continuous_batching` (transformers' own server) is tried on the same
-folder with the same requests through its /v1/chat/completions (it has no completions route);
-where it can't run, one line says why and its column is "–".
+`transformers serve` (transformers' own server) is tried on the same folder with the same
+requests through its /v1/chat/completions (it has no completions route): with
+--continuous_batching, else (when that fails its first request: in 4.57.6 it sizes its paged
+cache from GPU memory, so it fails on a CPU) in its default mode. Where it can't run at all, one
+line says why and its column is "–".
 
     python benchmarks/serve_generation.py                 # the issue's settings
     python benchmarks/serve_generation.py --quick         # every path, a 2-layer model, about a minute
@@ -136,10 +138,12 @@ class Stream:
         """(generated tokens, where the count comes from: "usage", "no usage" or "usage out of
         range"). A chunk holds at least one token and no request makes more than max_tokens, so a
         usage count outside [chunks, max_tokens] is wrong (a server that re-tokenizes the text, for
-        one): then, as without a usage chunk, the text chunks are counted."""
+        one): then, as without a usage chunk, the text chunks are counted, at most max_tokens
+        (transformers serve's default mode sends a lone space before the first word: one chunk
+        more than its tokens)."""
         chunks = len(self.chunk_times)
         if self.usage_tokens is None:
-            return chunks, "no usage"
+            return min(chunks, self.max_tokens), "no usage"
         if chunks <= self.usage_tokens <= self.max_tokens:
             return self.usage_tokens, "usage"
         return chunks, "usage out of range"
@@ -398,11 +402,14 @@ def last_line(path: Path) -> str:
     return lines[-1] if lines else "no output"
 
 
-def start_transformers_serve(python: str, folder: Path, port: int, threads: int, log: Path) -> tuple[subprocess.Popen, str]:
-    """`transformers serve --continuous_batching` on `folder`, run by `python`; RuntimeError
-    saying why if it doesn't become healthy (its last line of output)."""
+def start_transformers_serve(python: str, folder: Path, port: int, threads: int, log: Path,
+                             continuous: bool) -> tuple[subprocess.Popen, str]:
+    """`transformers serve` (with `--continuous_batching` if `continuous`) on `folder`, run by
+    `python`; RuntimeError saying why if it doesn't become healthy (its last line of output)."""
     cmd = [python, "-m", "transformers.commands.transformers_cli", "serve", "--host", "127.0.0.1",
-           "--port", str(port), "--force_model", str(folder), "--continuous_batching", "--log_level", "warning"]
+           "--port", str(port), "--force_model", str(folder), "--log_level", "warning"]
+    if continuous:
+        cmd.append("--continuous_batching")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -419,6 +426,44 @@ def start_transformers_serve(python: str, folder: Path, port: int, threads: int,
         time.sleep(0.5)
     stop(proc)
     raise RuntimeError(f"not healthy within 120 s: {last_line(log)}")
+
+
+def compare_transformers(args, folder: Path, threads: int, prompts: list[str], tmp: Path) -> tuple[dict, list[str]]:
+    """transformers serve's rows by label, and what to say about them: with
+    --continuous_batching when a first request goes through, else in its default mode (a
+    generate() call per request, on threads of their own)."""
+    add_plain_chat_template(folder)
+    notes = []
+    for continuous in (True, False):
+        mode = "--continuous_batching" if continuous else "its default mode"
+        print(f"transformers serve, {mode} (same checkpoint):", file=sys.stderr)
+        log = tmp / f"transformers-{'cb' if continuous else 'plain'}.log"
+        try:
+            proc, url = start_transformers_serve(args.transformers_python, folder, free_port(), threads, log, continuous)
+        except RuntimeError as e:
+            return {}, notes + [f"transformers serve did not run: {e}"]
+        try:
+            make_request = lambda job: chat_request(job, str(folder))  # noqa: E731
+            probe, _ = asyncio.run(run_clients(url, make_request, [request_mix(prompts, 1, max_tokens=(4,))],
+                                               min(args.timeout, 120)))
+            if probe[0].error:
+                notes.append(f"transformers serve {mode} failed its first request ({probe[0].error}; its log: "
+                             f"{last_line(log)})")
+                continue
+            rows = {row["label"]: row for row in scenarios(url, make_request, args, prompts, batch=False)}
+        finally:
+            stop(proc)
+        if all(r["errors"] == r["requests"] for r in rows.values()):
+            first = next(iter(rows.values()))
+            return {}, notes + [f"every transformers serve request failed: {first['first_error']} (its log: "
+                                f"{last_line(log)})"]
+        return rows, notes + [
+            f"transformers serve ran in {mode}: /v1/chat/completions with the same prompts, max_tokens and "
+            "temperatures (a template that renders the message's text alone, so the prompt tokens are the same); "
+            "it has no route for a list of prompts, so no batch row"
+            + ("; its continuous batching takes the sampling settings of the first request it serves for every "
+               "request" if continuous else "")]
+    return {}, notes
 
 
 def scenarios(url: str, make_request, args, prompts: list[str], batch: bool) -> list[dict]:
@@ -493,8 +538,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take, end to end")
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers serve comparison")
     parser.add_argument("--transformers-python", default=sys.executable,
-                        help="the Python that runs transformers serve (default: this one); e.g. a virtual environment "
-                             "made with --system-site-packages that adds transformers[serving]'s fastapi")
+                        help="the Python that runs transformers serve (default: this one), e.g. a virtual environment "
+                             "that has what its serve command needs (fastapi, accelerate)")
     args = parser.parse_args()
     args.max_tokens = MAX_TOKENS
     if args.quick:
@@ -517,7 +562,7 @@ def main() -> None:
     args.server_cpus = None  # start_server's field (serve.py's --server-cpus); args.model is set below
     load_before = os.getloadavg()
     theirs: dict[str, dict | None] = {}
-    why_not = "skipped (--no-transformers)" if args.no_transformers else None
+    notes = ["transformers serve: skipped (--no-transformers)"] if args.no_transformers else []
     with tempfile.TemporaryDirectory(prefix="lp-bench-serve-gen-") as tmp:
         folder = streamable_checkpoint(Path(tmp) / "gpt2", args.quick)
         args.model = f"{NAME}={folder}"
@@ -529,22 +574,7 @@ def main() -> None:
         finally:
             stop(proc)
         if not args.no_transformers:
-            add_plain_chat_template(folder)
-            print("transformers serve --continuous_batching (same checkpoint):", file=sys.stderr)
-            try:
-                tproc, turl = start_transformers_serve(args.transformers_python, folder, free_port(), threads,
-                                                       Path(tmp) / "transformers.log")
-            except RuntimeError as e:
-                why_not = f"did not run: {e}"
-            else:
-                try:
-                    for row in scenarios(turl, lambda job: chat_request(job, str(folder)), args, prompts, batch=False):
-                        theirs[row["label"]] = row
-                finally:
-                    stop(tproc)
-                if all(r["errors"] == r["requests"] for r in theirs.values()):
-                    first = next(iter(theirs.values()))
-                    why_not = f"every request failed: {first['first_error']}"
+            theirs, notes = compare_transformers(args, folder, threads, prompts, Path(tmp))
     load_after = os.getloadavg()
 
     print(f"\n{'GPT-2 small (124M)' if not args.quick else 'GPT-2 width, 2 layers (--quick)'}, random weights, "
@@ -563,12 +593,8 @@ def main() -> None:
               + (f"failed: {big.error}" if big.error else f"{big.latency:.1f} s, {big.tokens} tokens") +
               f"; its TTFT figures are those of the {batch_row['during']} streams started while it ran, its "
               f"tok/s counts the batch's tokens too.")
-    if why_not:
-        print(f"- transformers serve: {why_not}.")
-    elif theirs:
-        print("- transformers serve: /v1/chat/completions, --continuous_batching, the same prompts and max_tokens; "
-              "it takes its sampling settings from the first request it serves (its continuous batching shares one "
-              "generation config), and has no route for a list of prompts, so it has no batch row.")
+    for note in notes:
+        print(f"- {note}.")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,8 @@ def test_usage_count_outside_the_possible_range_falls_back_to_chunks(bench):
     assert more.tokens() == (3, "usage")
     none = bench.read_stream(8, 0.0, 1.0, timed(completion_lines([" a", " b"])))
     assert none.tokens() == (2, "no usage")
+    extra = bench.read_stream(2, 0.0, 1.0, timed(completion_lines([" ", "a", " b"])))  # a lone space first
+    assert extra.tokens() == (2, "no usage")
 
 
 def test_read_stream_errors(bench):
