@@ -460,7 +460,9 @@ def compare_transformers(args, folder: Path, threads: int, prompts: list[str], t
         return rows, notes + [
             f"transformers serve ran in {mode}: /v1/chat/completions with the same prompts, max_tokens and "
             "temperatures (a template that renders the message's text alone, so the prompt tokens are the same); "
-            "it has no route for a list of prompts, so no batch row"
+            "it has no route for a list of prompts, so no batch row; it sends no usage, so its tokens are its text "
+            "chunks, at most max_tokens a request (its streamer sends text a word at a time: a token with no leading "
+            "space joins the next chunk, so its count can be a few % low)"
             + ("; its continuous batching takes the sampling settings of the first request it serves for every "
                "request" if continuous else "")]
     return {}, notes
