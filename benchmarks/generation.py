@@ -22,14 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tiny import bpe_tokenizer, sentences  # noqa: E402
 
 
-def gpt2_small(folder: Path | None = None) -> Path:
-    """A GPT-2-small-shaped checkpoint with random weights, in `folder` (default: a new temporary one)."""
+def gpt2_small(folder: Path | None = None, **config) -> Path:
+    """A GPT-2-small-shaped checkpoint with random weights, in `folder` (default: a new temporary one);
+    `config` overrides GPT2Config's fields (n_layer=2: a quick check's smaller model)."""
     import transformers
 
     folder = Path(folder or tempfile.mkdtemp(prefix="lp-bench-gpt2-"))
     tokenizer = bpe_tokenizer(folder, "gpt2", vocab_size=2000)
     config = transformers.GPT2Config(vocab_size=50257, bos_token_id=tokenizer.eos_token_id,
-                                     eos_token_id=tokenizer.eos_token_id)  # 12 layers x 768: GPT-2 small
+                                     eos_token_id=tokenizer.eos_token_id, **config)  # 12 layers x 768: GPT-2 small
     torch.manual_seed(0)
     transformers.GPT2LMHeadModel(config).save_pretrained(folder)
     return folder

@@ -56,8 +56,8 @@ def free_port() -> int:
 
 
 def start_server(args, max_batch_tokens: int, model: str | None = None, extra: tuple = (),
-                 env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+                 env: dict | None = None, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    port = port or free_port()
     cmd = [sys.executable, "-m", "lightpipe.cli", "serve", "--model", model or args.model, "--port", str(port),
            "--max-batch-tokens", str(max_batch_tokens), "--max-concurrent-requests", "4096", "--log-level", "warning",
            *extra]
