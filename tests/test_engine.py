@@ -434,6 +434,29 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(decoders):
     assert running.tokens == [alone(ref, prompt(4, 8), max_new_tokens=20, eos_token_id=-1)]
 
 
+def test_a_higher_priority_prompt_is_read_before_a_long_one_admitted_earlier(decoders):
+    """The server's streams (priority 0) get their prompt read at the next step even while a
+    batch's long prompts (priority 1) are being prefilled; the answers don't change."""
+    ref, ours = decoders["gpt2"]
+    engine = Engine(ours, prefill_chunk=8)
+    long_ids, short_ids = prompt(45, 11), prompt(5, 12)
+    batch = engine.submit(long_ids, **GREEDY, priority=1)
+    engine.step()  # the batch's first chunk
+    stream = engine.submit(short_ids, **GREEDY, priority=0)
+    engine.step()
+    assert stream.tokens[0] and not batch.tokens[0]  # read ahead of the batch's remaining 37 tokens
+    fifo = Engine(ours, prefill_chunk=8)  # equal priorities: first admitted, first read
+    first = fifo.submit(long_ids, **GREEDY)
+    fifo.step()
+    second = fifo.submit(short_ids, **GREEDY)
+    fifo.step()
+    assert not second.tokens[0]
+    engine.run([batch, stream])
+    fifo.run([first, second])
+    assert batch.tokens == first.tokens == [alone(ref, long_ids)]
+    assert stream.tokens == second.tokens == [alone(ref, short_ids)]
+
+
 def test_several_prompts_share_a_prefill_pass(decoders):
     ref, ours = decoders["mistral-window"]
     engine = Engine(ours, prefill_chunk=64)

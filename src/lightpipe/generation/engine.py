@@ -20,8 +20,8 @@ A step:
      sequences, `kv_budget_tokens` positions: rows x (prompt + max_new_tokens, and the encoder
      source)); the oldest one that doesn't fit waits, and the ones behind it with it (with
      oversized="alone", a request larger than the whole budget runs once the cache is empty);
-  3. prefills: up to `prefill_chunk` prompt tokens of newly admitted requests in one forward
-     pass (a long prompt in several steps; an encoder-decoder runs its encoder and the decoder's
+  3. prefills: up to `prefill_chunk` prompt tokens of newly admitted requests (lowest `priority`
+     first, then oldest) in one forward pass (a long prompt in several steps; an encoder-decoder runs its encoder and the decoder's
      start token), so running sequences keep getting tokens between a long prompt's chunks;
   4. decodes: one forward pass over every running row, each at its own length;
   5. chooses each row's next token — logits processors and sampling batched over the rows that
@@ -113,16 +113,20 @@ class Engine:
     # -- the caller's side (any thread) ----------------------------------------------------------
 
     def submit(self, prompt, config=None, *, decode=None, logprobs: bool = False, top_logprobs: int = 0,
-               source_mask=None, history_prefix=None, **overrides) -> Handle:
+               source_mask=None, history_prefix=None, priority: int = 0, **overrides) -> Handle:
         """Queue a request; it joins the running batch at a coming step. `prompt`: token ids (a
         decoder-only prompt, or an encoder-decoder's source with an optional 1/0 `source_mask`);
         `config`: a GenerationConfig, `overrides` on top of it; `decode` (ids -> text) for stop
         strings; `history_prefix`: tokens the logits processors see before the prompt though the
-        model doesn't (a left-padded batch's pads, as transformers' batched generate sees them)."""
+        model doesn't (a left-padded batch's pads, as transformers' batched generate sees them);
+        `priority`: admitted requests' prompts are read lowest first (then in arrival order), so
+        a server can give a stream's prompt (0) the next prefill pass ahead of a large batch's (1);
+        admission itself stays first come, first served."""
         with torch.inference_mode():
             handle = build_handle(self.model, prompt, config, decode=decode, logprobs=logprobs,
                                   top_logprobs=top_logprobs, source_mask=source_mask, history_prefix=history_prefix,
                                   device=self.device, **overrides)
+        handle.priority = priority
         need = handle.n_rows * (handle.reserve + handle.cross)
         if self.oversized == "error" and self.cache.budget_tokens is not None and need > self.cache.budget_tokens:
             what = "source + " if handle.encoder_decoder else ""
@@ -237,7 +241,10 @@ class Engine:
                 self.history.add(h.start, len(h.start) + h.max_new)
                 slots.append(slot)
             self._active[h.id] = slots
-            self._prefilling.append(h)
+            # after every prompt of its priority or a lower one (sorted: a stable insert)
+            place = next((i for i, other in enumerate(self._prefilling) if other.priority > h.priority),
+                         len(self._prefilling))
+            self._prefilling.insert(place, h)
 
     def _prefill(self):
         """One prefill pass; the requests whose prompt is now read, with their next-token logits."""

@@ -58,6 +58,7 @@ class Handle:
     logprobs: bool = False
     top_logprobs: int = 0
     generator: torch.Generator | None = None
+    priority: int = 0  # prefill order among admitted requests, lowest first (Engine.submit)
     id: int = field(default_factory=lambda: next(_ids))
     # results
     tokens: list[list[int]] = field(default_factory=list)  # each sequence's new tokens

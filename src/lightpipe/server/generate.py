@@ -231,17 +231,24 @@ def with_seed(options: dict, seed) -> dict:
     return options if seed is None else {**options, "seed": seed}
 
 
+# The engine reads a stream's prompt ahead of non-streamed prompts admitted before it: a
+# streaming client waits on its first token, a non-streamed one on its whole answer, which a
+# stream's short prefill delays by little (a 32-prompt request would otherwise hold every new
+# stream's first token for its whole prefill).
+STREAM_PRIORITY, BATCH_PRIORITY = 0, 1
+
+
 def submit_prompts(pipe, engine, prompts: list, options: dict, **extra) -> list[tuple]:
-    """On the worker: encode the prompts as the pipeline does and submit each to the engine;
-    (item, prompt ids, handle, config, task options) per prompt. If one can't be submitted, the
-    ones already queued are cancelled."""
+    """On the worker: encode the prompts as the pipeline does and submit each to the engine
+    (after streams, see BATCH_PRIORITY); (item, prompt ids, handle, config, task options) per
+    prompt. If one can't be submitted, the ones already queued are cancelled."""
     task_options, config = pipe.split_options(pipe.call_options(dict(options)))
     encoded = pipe.encode_items(prompts, task_options)
     pipe.check_lengths([len(p) for p in encoded], config)
     runs = []
     try:
         for item, prompt_ids in zip(prompts, encoded):
-            handle = pipe.submit(engine, prompt_ids, config, **extra)
+            handle = pipe.submit(engine, prompt_ids, config, priority=BATCH_PRIORITY, **extra)
             runs.append((item, prompt_ids, handle, config, task_options))
     except BaseException:
         for run in runs:
@@ -283,7 +290,9 @@ def open_stream(st, served: Served, prompt, options: dict, seed: int | None = No
 
     def make(engine):  # on the worker: encode, submit to the pipeline's shared engine
         prompt_ids, config, pieces = pipe.stream_request(prompt, **options)
-        return pipe.submit(engine, prompt_ids, config, logprobs=logprobs, top_logprobs=top_logprobs), pieces
+        handle = pipe.submit(engine, prompt_ids, config, logprobs=logprobs, top_logprobs=top_logprobs,
+                             priority=STREAM_PRIORITY)
+        return handle, pieces
 
     try:
         return served.batcher.stream(make), lengths[0]
