@@ -21,8 +21,9 @@ A step:
      source)); the oldest one that doesn't fit waits, and the ones behind it with it (with
      oversized="alone", a request larger than the whole budget runs once the cache is empty);
   3. prefills: up to `prefill_chunk` prompt tokens of newly admitted requests (lowest `priority`
-     first, then oldest) in one forward pass (a long prompt in several steps; an encoder-decoder runs its encoder and the decoder's
-     start token), so running sequences keep getting tokens between a long prompt's chunks;
+     first, then oldest) in one forward pass (a long prompt in several steps; an encoder-decoder
+     runs its encoder and the decoder's start token), so running sequences keep getting tokens
+     between a long prompt's chunks;
   4. decodes: one forward pass over every running row, each at its own length;
   5. chooses each row's next token — logits processors and sampling batched over the rows that
      share settings, each seeded request drawing from its own torch.Generator — and advances
