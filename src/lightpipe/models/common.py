@@ -42,9 +42,9 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     On CPU in float32 this is one oneDNN call (torch.ops.mkldnn._linear_pointwise, what
     torch.compile's CPU freezing emits), the bias and the activation or the add applied in the
     GEMM's epilogue. Measured on this project's AMD EPYC (AVX2) machine at MiniLM's shapes it
-    is 1.4-2.5x F.linear (MKL's sgemm) on the 384-wide projections and par on the FFN; the
-    whole MiniLM forward ~1.2x (benchmarks/PROFILE-encoders.md). Elsewhere (other devices and
-    dtypes, or when autograd would need it) the plain torch ops.
+    is 1.4-1.9x F.linear (MKL's sgemm) on the 384-wide projections and 1.0-1.1x on the FFN
+    (CTranslate2 too prefers oneDNN to MKL on non-Intel CPUs); see benchmarks/PROFILE-encoders.md.
+    Elsewhere (other devices and dtypes, or when autograd would need it) the plain torch ops.
     """
     if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32 and ONEDNN
             and act in ONEDNN_ACTIVATIONS and not (torch.is_grad_enabled() and weight.requires_grad)):

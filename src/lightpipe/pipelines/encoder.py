@@ -21,9 +21,9 @@ from .base import Pipeline
 DEFAULT_MAX_BATCH_ROWS = 64
 # A batch stops taking (shorter) rows once its padding would pass this share of its real tokens:
 # sorted longest first, a batch computes longest x rows tokens, so one long outlier would
-# otherwise pad 31 short rows to its length (pydoc sentences, batch 32: 39% of the tokens computed
-# were padding; 10% with this cap, MiniLM ~1.2x faster). Rows are outputs of their own, so the
-# results don't depend on how they are batched.
+# otherwise pad 31 short rows to its length (400 pydoc sentences, batch 32: 17,120 tokens computed
+# for 12,343 real ones; 13,573 with this cap, in 15 batches instead of 13). Rows are outputs of
+# their own, so the results don't depend on how they are batched.
 MAX_PADDING = 0.25
 
 
