@@ -30,6 +30,7 @@ def activation(name: str):
         raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
 
 
+ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 # oneDNN's names for the activations it can apply inside its linear: (attr, algorithm)
 ONEDNN_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh"),
                       "gelu_fast": ("gelu", "tanh"), "relu": ("relu", ""), None: ("none", "")}
@@ -54,9 +55,6 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
     y = F.linear(x, weight, bias)
     return y + residual if residual is not None else (activation(act)(y) if act else y)
-
-
-ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def linear(module: nn.Module, x: torch.Tensor, act: str | None = None, residual: torch.Tensor | None = None):
