@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Family, Model, ModelConfig
-from .common import activation, attention, fused_linear, linear, merge_heads, padding_mask, split_heads
+from .common import activation, attention, merge_heads, padding_mask, split_heads
 
 
 @dataclass
@@ -100,8 +100,7 @@ class Layer(nn.Module):
         self.output = nn.ModuleDict(dict(
             dense=nn.Linear(config.intermediate_size, C), LayerNorm=nn.LayerNorm(C, eps=eps),
         ))
-        self.act_name = config.hidden_act
-        activation(config.hidden_act)  # an unknown one fails at construction
+        self.act = activation(config.hidden_act)
 
     def fuse_qkv(self):
         """One (3C, C) matmul instead of three (0-5% off a MiniLM forward on CPU). query/key/value
@@ -121,17 +120,16 @@ class Layer(nn.Module):
         s, out = self.attention.self, self.attention.output
         if hasattr(self, "qkv_weight"):
             B, T, C = x.shape
-            qkv = fused_linear(x, self.qkv_weight, self.qkv_bias).view(B, T, 3, self.n_heads, C // self.n_heads)
+            qkv = F.linear(x, self.qkv_weight, self.qkv_bias).view(B, T, 3, self.n_heads, C // self.n_heads)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, D)
         else:  # a model built by hand, not through load_model
             q = split_heads(s.query(x), self.n_heads)  # (B, H, T, D)
             k = split_heads(s.key(x), self.n_heads)
             v = split_heads(s.value(x), self.n_heads)
         y = merge_heads(attention(q, k, v, mask))  # (B, T, C)
-        # linear(): the bias, activation and residual add inside the GEMM (oneDNN on CPU, common.py)
-        x = out.LayerNorm(linear(out.dense, y, residual=x))
-        h = linear(self.intermediate.dense, x, act=self.act_name)  # (B, T, intermediate)
-        return self.output.LayerNorm(linear(self.output.dense, h, residual=x))
+        x = out.LayerNorm(out.dense(y) + x)
+        h = self.act(self.intermediate.dense(x))  # (B, T, intermediate)
+        return self.output.LayerNorm(self.output.dense(h) + x)
 
 
 # Weights checkpoints carry that a head may not use: BERT's pooler (every BertModel save has it,

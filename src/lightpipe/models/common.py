@@ -30,41 +30,6 @@ def activation(name: str):
         raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
 
 
-ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-# oneDNN's names for the activations it can apply inside its linear: (attr, algorithm)
-ONEDNN_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh"),
-                      "gelu_fast": ("gelu", "tanh"), "relu": ("relu", ""), None: ("none", "")}
-
-
-def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str | None = None,
-                 residual: torch.Tensor | None = None) -> torch.Tensor:
-    """act(F.linear(x, weight, bias)), or F.linear(x, weight, bias) + residual (not both).
-
-    On CPU in float32 this is one oneDNN call (torch.ops.mkldnn._linear_pointwise, what
-    torch.compile's CPU freezing emits), the bias and the activation or the add applied in the
-    GEMM's epilogue. Measured on this project's AMD EPYC (AVX2) machine at MiniLM's shapes it
-    is 1.4-1.9x F.linear (MKL's sgemm) on the 384-wide projections and 1.0-1.1x on the FFN
-    (CTranslate2 too prefers oneDNN to MKL on non-Intel CPUs); see benchmarks/PROFILE-encoders.md.
-    Elsewhere (other devices and dtypes, or when autograd would need it) the plain torch ops.
-    """
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32 and ONEDNN
-            and act in ONEDNN_ACTIVATIONS and not (torch.is_grad_enabled() and weight.requires_grad)):
-        if residual is not None:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
-        attr, algorithm = ONEDNN_ACTIVATIONS[act]
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
-    y = F.linear(x, weight, bias)
-    return y + residual if residual is not None else (activation(act)(y) if act else y)
-
-
-def linear(module: nn.Module, x: torch.Tensor, act: str | None = None, residual: torch.Tensor | None = None):
-    """fused_linear() with an nn.Linear's weights; any other module (an int8 one) runs as itself."""
-    if type(module) is nn.Linear:
-        return fused_linear(x, module.weight, module.bias, act, residual)
-    y = module(x)
-    return y + residual if residual is not None else (activation(act)(y) if act else y)
-
-
 class Conv1D(nn.Module):
     """y = x @ weight + bias with weight (in, out): GPT-2's layout on the Hub, kept as stored
     (gpt2.py says why). quantize_int8 knows it and transposes the weight."""

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import Family, Model, ModelConfig
-from .common import activation, attention, fused_linear, linear, merge_heads, padding_mask, split_heads
+from .common import activation, attention, merge_heads, padding_mask, split_heads
 
 EPS = 1e-12  # DistilBERT hard-codes its LayerNorm epsilon; config.json doesn't carry it
 
@@ -64,8 +65,7 @@ class Layer(nn.Module):
         self.sa_layer_norm = nn.LayerNorm(C, eps=EPS)
         self.ffn = nn.ModuleDict(dict(lin1=nn.Linear(C, config.hidden_dim), lin2=nn.Linear(config.hidden_dim, C)))
         self.output_layer_norm = nn.LayerNorm(C, eps=EPS)
-        self.act_name = config.activation
-        activation(config.activation)  # an unknown one fails at construction
+        self.act = activation(config.activation)
 
     def fuse_qkv(self):
         """One (3C, C) matmul instead of three (0-5% off a forward on CPU). q_lin/k_lin/v_lin
@@ -84,17 +84,16 @@ class Layer(nn.Module):
         a = self.attention
         if hasattr(self, "qkv_weight"):
             B, T, C = x.shape
-            qkv = fused_linear(x, self.qkv_weight, self.qkv_bias).view(B, T, 3, self.n_heads, C // self.n_heads)
+            qkv = F.linear(x, self.qkv_weight, self.qkv_bias).view(B, T, 3, self.n_heads, C // self.n_heads)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, D)
         else:  # a model built by hand, not through load_model
             q = split_heads(a.q_lin(x), self.n_heads)  # (B, H, T, D)
             k = split_heads(a.k_lin(x), self.n_heads)
             v = split_heads(a.v_lin(x), self.n_heads)
         y = merge_heads(attention(q, k, v, mask))  # (B, T, C)
-        # linear(): the bias, activation and residual add inside the GEMM (oneDNN on CPU, common.py)
-        x = self.sa_layer_norm(linear(a.out_lin, y, residual=x))
-        h = linear(self.ffn.lin1, x, act=self.act_name)  # (B, T, hidden_dim)
-        return self.output_layer_norm(linear(self.ffn.lin2, h, residual=x))
+        x = self.sa_layer_norm(a.out_lin(y) + x)
+        h = self.act(self.ffn.lin1(x))  # (B, T, hidden_dim)
+        return self.output_layer_norm(self.ffn.lin2(h) + x)
 
 
 class DistilBertModel(Model):
