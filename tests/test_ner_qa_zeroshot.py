@@ -407,13 +407,18 @@ def test_zero_shot_label_forms(nli):
     assert 0 < single["scores"][0] < 1  # entailment vs contradiction, not a softmax over one label
 
 
-def test_zero_shot_pairs_run_in_one_sorted_batch(nli):
+def test_zero_shot_pairs_run_in_shared_sorted_batches(nli):
+    """Every text's (text, label) pairs go through the batcher together: batches mix texts,
+    run longest first, and stop where padding would pass MAX_PADDING of their real tokens."""
+    from lightpipe.pipelines.encoder import MAX_PADDING
+
     ours, _, _ = nli
-    calls = []
+    calls = []  # (rows, longest, real tokens) per forward pass
     forward = ours.forward
 
     def counting(batch, **kw):
-        calls.append(tuple(batch["input_ids"].shape))
+        mask = batch["attention_mask"]
+        calls.append((mask.shape[0], mask.shape[1], int(mask.sum())))
         return forward(batch, **kw)
 
     ours.forward = counting
@@ -421,7 +426,11 @@ def test_zero_shot_pairs_run_in_one_sorted_batch(nli):
         batched = ours(ZS_TEXTS, candidate_labels=LABELS)
     finally:
         del ours.forward
-    assert len(calls) == 1 and calls[0][0] == len(ZS_TEXTS) * len(LABELS)
+    assert sum(rows for rows, _, _ in calls) == len(ZS_TEXTS) * len(LABELS)
+    assert len(calls) < len(ZS_TEXTS)  # pairs of different texts share a pass
+    assert [longest for _, longest, _ in calls] == sorted((longest for _, longest, _ in calls), reverse=True)
+    for rows, longest, real in calls:
+        assert rows == 1 or rows * longest <= real * (1 + MAX_PADDING), calls
     one_by_one = [ours(t, candidate_labels=LABELS, batch_size=1) for t in ZS_TEXTS]
     assert_same_ranking(batched, one_by_one, tol=1e-5)
 

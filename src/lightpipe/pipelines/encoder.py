@@ -19,6 +19,12 @@ from tokenizers import Encoding
 from .base import Pipeline
 
 DEFAULT_MAX_BATCH_ROWS = 64
+# A batch stops taking (shorter) rows once its padding would pass this share of its real tokens:
+# sorted longest first, a batch computes longest x rows tokens, so one long outlier would
+# otherwise pad 31 short rows to its length (400 pydoc sentences, batch 32: 17,120 tokens computed
+# for 12,343 real ones; 13,573 with this cap, in 15 batches instead of 13). Rows are outputs of
+# their own, so the results don't depend on how they are batched.
+MAX_PADDING = 0.25
 
 
 class EncoderPipeline(Pipeline):
@@ -74,10 +80,8 @@ class EncoderPipeline(Pipeline):
         start = 0
         with torch.inference_mode():
             while start < len(order):
-                longest = len(rows[order[start]].ids)
-                take = max(1, min(max_rows, self.max_batch_tokens // max(longest, 1)))
-                batch = order[start:start + take]
-                start += take
+                batch = self.next_batch(rows, order[start:start + max_rows])
+                start += len(batch)
                 out = self.forward(self.collate([rows[i] for i in batch]), **options)
                 outs = out if isinstance(out, tuple) else (out,)
                 outs = tuple(o.float().cpu() for o in outs)
@@ -86,6 +90,18 @@ class EncoderPipeline(Pipeline):
                     per_row = tuple(o[j, :n] if self.token_outputs else o[j] for o in outs)
                     results[i] = per_row if isinstance(out, tuple) else per_row[0]
         return results
+
+    def next_batch(self, rows: list, candidates: list[int]) -> list[int]:
+        """The next batch: the first of `candidates` (indices of rows, longest first) while the
+        padded batch stays within the token budget and its padding within MAX_PADDING."""
+        longest = max(len(rows[candidates[0]].ids), 1)
+        limit = max(1, self.max_batch_tokens // longest)
+        real = 0
+        for n, i in enumerate(candidates[:limit]):
+            real += len(rows[i].ids)
+            if n and longest * (n + 1) > real * (1 + MAX_PADDING):
+                return candidates[:n]
+        return candidates[:limit]
 
     @cached_property
     def takes_token_types(self) -> bool:
