@@ -26,19 +26,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
+from generation import best_of  # noqa: E402
 from tiny import sentences  # noqa: E402
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 CACHE = Path(tempfile.gettempdir()) / "lightpipe-bench-rivals"  # shared with rivals.py
-
-
-def best(fn, repeat=3):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 class ForwardTimer:
@@ -93,10 +85,10 @@ def report(title, pipe, run, rows, batch_size, first_layer, hidden_size):
     print(f"\n## {title}\n")
     run()  # warm-up
     with ForwardTimer(pipe.model) as timer:  # the forward's share of this same call
-        total = best(run, repeat=1)
+        total = best_of(run, repeat=1)
     forward = timer.seconds
     texts = sentences(400)
-    tokenize = best(lambda: pipe.tokenizer.encode_batch(texts))
+    tokenize = best_of(lambda: pipe.tokenizer.encode_batch(texts), repeat=3)
     real, computed = padding(pipe, rows, batch_size)
     print(f"call {total * 1e3:.0f} ms ({len(texts) / total:.0f} sent/s); model forward {forward * 1e3:.0f} ms "
           f"({forward / total:.0%}, {timer.calls} batches); tokenization {tokenize * 1e3:.1f} ms "

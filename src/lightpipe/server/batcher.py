@@ -137,20 +137,16 @@ class Batcher:
 
     def submit(self, fn: str, items: list, options: dict | None = None, seed: int | None = None,
                tokens: int | None = None) -> Job:
-        job = Job(fn, list(items), dict(options or {}), seed, tokens)
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("the server is shutting down")
-            self._pending.append(job)
-            self._cond.notify()
-        return job
+        return self._enqueue(Job(fn, list(items), dict(options or {}), seed, tokens))
 
     async def __call__(self, fn: str, items: list, options: dict | None = None, seed: int | None = None) -> Done:
         return await asyncio.wrap_future(self.submit(fn, items, options, seed).future)
 
     def generate(self, start: Callable, tokens: int) -> Job:
         """Queue a non-streamed generation: `start(engine)` runs on the worker (see Job)."""
-        job = Job("generate", [], {}, tokens=tokens, start=start)
+        return self._enqueue(Job("generate", [], {}, tokens=tokens, start=start))
+
+    def _enqueue(self, job: Job) -> Job:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the server is shutting down")
