@@ -66,19 +66,25 @@ def start_server(args, max_batch_tokens: int, model: str | None = None, extra: t
     if args.server_cpus:  # pin the server (e.g. "0,1") so the load generator doesn't share its cores
         cmd = ["taskset", "-c", args.server_cpus, *cmd]
     proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    return proc, wait_healthy(proc, f"http://127.0.0.1:{port}")
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, why=lambda: "", seconds: float = 120) -> str:
+    """`url` once its /health answers 200; RuntimeError (with `why()`, e.g. the server's last
+    line of output) if the process exits first or it isn't healthy within `seconds` (then killed)."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
+            raise RuntimeError(f"the server exited with {proc.returncode} {why()}".strip())
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
+                return url
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("the server did not become healthy")
+    proc.wait()
+    raise RuntimeError(f"the server was not healthy within {seconds:.0f} s {why()}".strip())
 
 
 def body(route: str, model: str, text: str) -> dict:

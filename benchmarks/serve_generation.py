@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import free_port, percentile, sentences, start_server  # noqa: E402
+from serve import free_port, percentile, sentences, start_server, wait_healthy  # noqa: E402
 
 NAME = "gpt2-random"  # the name lightpipe serves the checkpoint under
 MAX_TOKENS = (16, 32, 64)
@@ -413,19 +413,7 @@ def start_transformers_serve(python: str, folder: Path, port: int, threads: int,
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"it exited with {proc.returncode}: {last_line(log)}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop(proc)
-    raise RuntimeError(f"not healthy within 120 s: {last_line(log)}")
+    return proc, wait_healthy(proc, f"http://127.0.0.1:{port}", why=lambda: f"({last_line(log)})")
 
 
 def compare_transformers(args, folder: Path, threads: int, prompts: list[str], tmp: Path) -> tuple[dict, list[str]]:
