@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from . import gemma2, llama
+from . import gemma2, llama, qwen3
 from .base import Family
 from .common import padding_mask
 
@@ -58,12 +58,7 @@ class Attention(gemma2.Attention):
         self.q_norm = gemma2.RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = gemma2.RMSNorm(self.head_dim, config.rms_norm_eps)
 
-    def project(self, x):
-        B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.n_head, self.head_dim)).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)  # (B, H_kv, T, D)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        return q, k, v
+    project = qwen3.Attention.project  # Qwen3's: q and k normed per head before rotary (here with Gemma's norm)
 
 
 class Layer(gemma2.Layer):
