@@ -119,8 +119,9 @@ async def search_models(request: Request):
 
 
 async def load(request: Request):
-    """Load a model by its Hub id (a server folder only with --allow-load-local): 202 while it
-    loads; the same model asked for again (however spelled) is the same entry."""
+    """Load a model by its Hub id (a server folder only with --allow-load-local): 202 for a
+    load this request started (even one that has already failed: the entry says so) or one still
+    loading; the same model asked for again (however spelled) is the same entry."""
     st = state(request)
     if not st.config.allow_load:
         raise errors.ApiError(403, "loading models is disabled; start the server with --allow-load", "forbidden")
@@ -141,8 +142,8 @@ async def load(request: Request):
         except (ValueError, TypeError) as e:
             raise errors.validation(str(e), param="task") from None
     spec = ModelSpec(model.strip(), fields["task"], fields["name"], fields["revision"] or st.config.revision)
-    entry = st.registry.load(spec, startup=False, local=st.config.allow_load_local)
-    return json_response(entry.info(), status=202 if entry.status == "loading" else 200)
+    entry, started = st.registry.load(spec, startup=False, local=st.config.allow_load_local)
+    return json_response(entry.info(), status=202 if started or entry.status == "loading" else 200)
 
 
 # -- the app ------------------------------------------------------------------------------

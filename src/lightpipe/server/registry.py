@@ -179,9 +179,10 @@ class Registry:
         return entry
 
     def load(self, spec: ModelSpec | str, *, startup: bool = True, local: bool = True,
-             background: bool = True) -> Served:
-        """Start loading a model; returns at once (background) with status "loading", or the
-        entry already serving (or loading) the same model for the same task. `local=False`:
+             background: bool = True) -> tuple[Served, bool]:
+        """Start loading a model; returns at once (background) its new entry, or the entry
+        already serving (or loading) the same model for the same task, and whether this call
+        started a load (a background load may already have failed when it returns). `local=False`:
         `spec.model` must be a Hub id (a client named it)."""
         if isinstance(spec, str):
             spec = parse_model_spec(spec)
@@ -202,7 +203,7 @@ class Registry:
             self._prune()
             same = next((e for e in self.entries.values() if e.key == key and e.status != "error"), None)
             if same is not None:
-                return same
+                return same, False
             taken = self.entries.get(name)
             if taken is not None and taken.status != "error":
                 raise errors.ApiError(409, f"another model is already served as {name!r}; give this one a name",
@@ -216,7 +217,7 @@ class Registry:
             threading.Thread(target=run, name=f"lightpipe-load[{name}]", daemon=True).start()
         else:
             run()
-        return entry
+        return entry, True
 
     @staticmethod
     def key(spec: ModelSpec, path: bool) -> tuple:
