@@ -10,6 +10,8 @@ top-1 with float32 on most steps; what CTranslate2 can't honour is a ValueError 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -102,6 +104,27 @@ def test_tied_embeddings_and_plain_attention(decoder):
     for folder in (decoder("qwen2", tie_word_embeddings=True), decoder("llama", num_key_value_heads=4)):
         ours, ct2 = both("text-generation", folder)
         assert ct2(PROMPTS, **GREEDY) == ours(PROMPTS, **GREEDY)
+
+
+def unique_weight_bytes(model) -> int:
+    """The bytes of a torch model's weights and tables (Marian's sinusoidal positions), each
+    shared tensor counted once."""
+    tensors = {(t.data_ptr(), t.shape): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2-tied", "qwen2", "bart", "marian"])
+def test_shared_weights_are_saved_once(family, decoder, seq2seq):
+    """A tied LM head and BART's / Marian's shared embeddings are aliases in CTranslate2's
+    model.bin, not copies: the file is no larger than the torch model's distinct weights."""
+    if family in seq2seq:
+        task, folder = ("summarization" if family == "bart" else "translation"), seq2seq[family]
+    else:
+        task, folder = "text-generation", decoder("qwen2", tie_word_embeddings=True) if family == "qwen2-tied" \
+            else decoder(family)
+    ours, ct2 = both(task, folder)
+    saved = Path(ct2.model.generation_backend.files.name, "model.bin").stat().st_size
+    assert saved <= unique_weight_bytes(ours.model) + 64_000  # names, shapes and small scalars
 
 
 def test_eos_ends_rows_at_different_lengths(decoder):

@@ -110,6 +110,9 @@ def decoder_spec(model: nn.Module, config: dict):
     # the engine is always told its end tokens; these names only have to be in the vocabulary
     spec.config.bos_token = spec.config.eos_token = spec.config.unk_token = token(0)
     spec.validate()
+    body = model.transformer if config["model_type"] == "gpt2" else model.model
+    tie(spec, {"decoder/embeddings/weight": (body.wte if config["model_type"] == "gpt2" else body.embed_tokens).weight,
+               "decoder/projection/weight": model.lm_head.weight})
     return spec
 
 
@@ -206,7 +209,29 @@ def seq2seq_spec(model: nn.Module, config: dict, start: int):
     spec.config.decoder_start_token = token(start)
     spec.config.bos_token = spec.config.eos_token = spec.config.unk_token = token(0)
     spec.validate()
+    tie(spec, {"decoder/embeddings/weight": model.model.decoder.embed_tokens.weight,
+               "decoder/projection/weight": model.lm_head.weight,
+               "encoder/embeddings_0/weight": model.model.encoder.embed_tokens.weight})
     return spec
+
+
+def tie(spec, weights: dict[str, torch.Tensor]) -> None:
+    """Save a weight the loaded model shares between places (tied embeddings and LM head,
+    BART's and Marian's shared source and target embeddings) once: every later name becomes
+    an alias of the first, as CTranslate2's converter aliases equal variables. Without it
+    GPT-2-small's model.bin holds its 154 MB embedding twice and BART's three times. Called
+    after `validate`, which would turn an alias's name into a string variable."""
+    from ctranslate2.specs.model_spec import index_spec
+
+    first: dict[tuple, str] = {}
+    for name in sorted(weights):  # the alphabetically first keeps the data, as in the converter
+        weight = weights[name]
+        key = (weight.data_ptr(), weight.shape, weight.stride())
+        if key not in first:
+            first[key] = name
+            continue
+        scope, attr = name.rsplit("/", 1)
+        setattr(index_spec(spec, scope), attr, first[key])
 
 
 def stack(spec, module: nn.Module) -> None:
