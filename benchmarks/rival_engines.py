@@ -151,6 +151,27 @@ def ct2_vocabulary(model: Path) -> dict[str, int]:
     return {token: i for i, token in enumerate(json.loads((model / name).read_text()))}
 
 
+def ct2_generate(generator, tok, texts: list[str], new_tokens: int) -> list[list[int]]:
+    """A CTranslate2 Generator's greedy continuations, exactly `new_tokens` ids each (rivals.py's
+    decoding rows), fed the tokens of `tok` (the checkpoint's transformers tokenizer)."""
+    starts = [tok.convert_ids_to_tokens(tok(text)["input_ids"]) for text in texts]
+    results = generator.generate_batch(starts, max_length=new_tokens, min_length=new_tokens, beam_size=1,
+                                       sampling_topk=1, include_prompt_in_result=False)
+    return [r.sequences_ids[0] for r in results]
+
+
+def ct2_summarize(translator, tok, vocabulary: dict[str, int], documents: list[str], settings: dict) -> list[list[int]]:
+    """A CTranslate2 Translator's best summary of each document as ids, with BART's
+    forced_bos_token_id as target prefix and `settings` (benchmarks/summarization.GENERATION)."""
+    sources = [tok.convert_ids_to_tokens(i) for i in tok(documents, truncation=True)["input_ids"]]
+    # transformers' max_length counts the decoder start token, CTranslate2's doesn't
+    results = translator.translate_batch(
+        sources, target_prefix=[[tok.bos_token]] * len(documents), beam_size=settings["num_beams"],
+        length_penalty=settings["length_penalty"], no_repeat_ngram_size=settings["no_repeat_ngram_size"],
+        max_decoding_length=settings["max_length"] - 1, min_decoding_length=settings["min_length"] - 1)
+    return [[vocabulary[t] for t in r.hypotheses[0]] for r in results]
+
+
 def ct2_threads(threads: int) -> dict:
     return dict(device="cpu", inter_threads=1, intra_threads=threads)
 

@@ -379,6 +379,11 @@ def classification(args) -> Table:
 
 # ---- decoding: GPT-2-small size ----
 
+def decoding_prompts() -> tuple[list[str], list[str]]:
+    """The decoding rows' inputs: one prompt, and 8 prompts sent together."""
+    return ["In this course, we will teach you how to"], [s for s in sentences(40) if 20 < len(s) < 120][:8]
+
+
 def decoding(args) -> list[Table]:
     """Two tables (one prompt, 8 prompts) from one load of each engine."""
     import transformers
@@ -388,8 +393,7 @@ def decoding(args) -> list[Table]:
 
     folder = rivals.cached(CACHE / "gpt2-small", gpt2_small)
     n = args.new_tokens
-    prompt = ["In this course, we will teach you how to"]
-    prompts = [s for s in sentences(40) if 20 < len(s) < 120][:8]
+    prompt, prompts = decoding_prompts()
     tok = transformers.AutoTokenizer.from_pretrained(str(folder))
     tok.pad_token, tok.padding_side = tok.eos_token, "left"
     one = Table(f"GPT-2-small size (random weights), 1 prompt, greedy, {n} new tokens, {args.threads} threads", "tok/s")
@@ -471,13 +475,8 @@ def decoding(args) -> list[Table]:
 
         generator = ctranslate2.Generator(str(rivals.ct2_convert(folder, CACHE / "gpt2-small-ct2")),
                                           compute_type=compute_type, **rivals.ct2_threads(args.threads))
-
-        def generate(p, k):
-            starts = [tok.convert_ids_to_tokens(tok(text)["input_ids"]) for text in p]
-            results = generator.generate_batch(starts, max_length=k, min_length=k, beam_size=1, sampling_topk=1,
-                                               include_prompt_in_result=False)
-            return [r.sequences_ids[0] for r in results]
-        return generate, lambda seq: rivals.as_array(generator.forward_batch([seq]))[0]
+        return (lambda p, k: rivals.ct2_generate(generator, tok, p, k),
+                lambda seq: rivals.as_array(generator.forward_batch([seq]))[0])
 
     # lightpipe fp32 first: its continuations are what the agreements are measured on
     engine("lightpipe fp32", "lightpipe fp32", lambda: lp(None))
@@ -570,15 +569,7 @@ def summarization(args) -> Table:
         translator = ctranslate2.Translator(str(converted), compute_type=compute_type, **rivals.ct2_threads(args.threads))
         ids = rivals.ct2_vocabulary(converted)
 
-        def run(d):
-            sources = [tok.convert_ids_to_tokens(i) for i in tok(d, truncation=True)["input_ids"]]
-            # transformers' max_length counts the decoder start token, CTranslate2's doesn't
-            results = translator.translate_batch(
-                sources, target_prefix=[[tok.bos_token]] * len(d), beam_size=settings["num_beams"],
-                length_penalty=settings["length_penalty"], no_repeat_ngram_size=settings["no_repeat_ngram_size"],
-                max_decoding_length=settings["max_length"] - 1, min_decoding_length=settings["min_length"] - 1)
-            return [[ids[t] for t in r.hypotheses[0]] for r in results]
-        return timed(run)
+        return timed(lambda d: rivals.ct2_summarize(translator, tok, ids, d, settings))
 
     for label, column, compute_type in CT2_ENGINES:
         run_engine(table, label, column, lambda c=compute_type: ct2(c))

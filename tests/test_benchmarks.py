@@ -1,6 +1,6 @@
-"""The serving-generation benchmark's pure parts on hand-made data (no server, no timing):
+"""The benchmarks' pure parts on hand-made data (no server, no timing): serve_generation's
 SSE parsing, what a stream's chunks and usage count as, the request mix, the row statistics,
-and the table's ratios and targets."""
+and the table's ratios and targets; ct2_overhead's turn-taking timer."""
 
 from __future__ import annotations
 
@@ -138,3 +138,24 @@ def test_summarize_and_table(bench):
     assert "; 1 requests from their text chunks, having no usage chunk" in note
     empty = bench.summarize("4 concurrent clients", 4, [stream(0.0, [], None, error="x")], wall=1.0)
     assert empty["ttft_p99"] is None and "| – |" in bench.markdown_table([base, empty], {})
+
+
+def test_head_to_head_calls_take_turns_and_keep_each_ones_best(monkeypatch):
+    """ct2_overhead.alternate: A B A B ..., each call's best time, and its last result."""
+    spec = importlib.util.spec_from_file_location("ct2_overhead", ROOT / "benchmarks" / "ct2_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    clock, order = [0.0], []
+    monkeypatch.setattr(module.time, "perf_counter", lambda: clock[0])
+    took = {"a": iter([3.0, 1.0, 2.0]), "b": iter([2.0, 2.5, 4.0])}
+
+    def call(name):
+        def run():
+            order.append(name)
+            clock[0] += next(took[name])
+            return f"{name}{len(order)}"
+        return run
+
+    best = module.alternate({"a": call("a"), "b": call("b")}, 3)
+    assert order == ["a", "b"] * 3
+    assert best == {"a": (1.0, "a5"), "b": (2.0, "b6")}
