@@ -13,9 +13,9 @@ runs of the same engine. Here both are loaded together and take turns call by ca
 Same inputs, same threads (torch.set_num_threads and intra_threads), tokenization counted for
 both, as in rivals.py; the bare engine is CTranslate2's own conversion of the same checkpoint
 (cached with rivals.py's, in $TMPDIR/lightpipe-bench-rivals), lightpipe's is built from its
-loaded weights. Each row also says how many outputs have the same ids, up to the shorter of the
-two: at max_length lightpipe ends a summary with </s> as transformers does, where bare
-CTranslate2 writes one more token.
+loaded weights. Both do the same work: at max_length lightpipe decodes one step fewer and ends a
+summary with </s> (as transformers does), so the bare Translator is given that one step fewer
+too. Each row says how many outputs have the same ids (without <s>, </s> and padding).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def alternate(calls: dict, rounds: int) -> dict:
 
 def report(row: str, compute: str, items: int, unit: str, best: dict) -> None:
     (ours, ours_out), (bare, bare_out) = best["lightpipe"], best["bare"]
-    same = sum(a[:len(b)] == b[:len(a)] for a, b in zip(ours_out, bare_out))
+    same = sum(a == b for a, b in zip(ours_out, bare_out))
     print(f"  {row:<24} {compute:<8} lightpipe ct2 {items / ours:8.3g} {unit}   bare CTranslate2 {items / bare:8.3g} "
           f"{unit}   {bare / ours:5.3f}x   same ids {same}/{len(bare_out)}", flush=True)
 
@@ -102,6 +102,7 @@ def summarization(args) -> None:
     docs, settings = documents(args.docs), dict(GENERATION)
     if args.quick:
         settings.update(max_length=24, min_length=12)
+    bare_settings = dict(settings, max_length=settings["max_length"] - 1)  # lightpipe's last step is its forced </s>
     special = {tok.pad_token_id, tok.bos_token_id, tok.eos_token_id}
     print(f"\nsummarization, distilbart-cnn-12-6 size (random weights), {len(docs)} documents in one batch, "
           f"{settings['num_beams']} beams, max_length {settings['max_length']}, docs/s")
@@ -113,7 +114,7 @@ def summarization(args) -> None:
         bare = ctranslate2.Translator(str(converted), compute_type=compute, **rivals.ct2_threads(args.threads))
         calls = {"lightpipe": lambda: [content(r["summary_token_ids"]) for r in ours(
                      docs, batch_size=len(docs), return_tensors=True, **settings)],
-                 "bare": lambda: [content(ids) for ids in rivals.ct2_summarize(bare, tok, vocabulary, docs, settings)]}
+                 "bare": lambda: [content(ids) for ids in rivals.ct2_summarize(bare, tok, vocabulary, docs, bare_settings)]}
         report("summarization", compute, len(docs), "docs/s", alternate(calls, args.rounds))
 
     for compute, quantize in COMPUTE:

@@ -136,6 +136,20 @@ def test_unpadded_batch_and_no_mask(checkpoint, family):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_int8_runs_query_key_and_value_in_int8(checkpoint, family):
+    """quantize_int8 keeps no float copy of a layer's fused q/k/v: all its linears run in int8,
+    so the model holds no float matrix but its embeddings, and stays close to float32."""
+    from lightpipe.quantize import quantize_int8
+
+    folder, ref = checkpoint(family, "base")
+    model = quantize_int8(load_model(folder, "base")[0])
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    assert [name for name, t in tensors if t.is_floating_point() and t.ndim == 2 and "embeddings" not in name] == []
+    inputs = batch(family)
+    torch.testing.assert_close(run(model, inputs), reference(ref, "base", inputs), atol=0.1, rtol=0.05)
+
+
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
 def test_model_built_by_hand_matches_loaded(checkpoint, family):
     """load_model fuses query/key/value into one matmul; a model built directly runs unfused."""
