@@ -34,7 +34,8 @@ quantize="int8" with it, i.e. lightpipe's pipeline with the encoder's layers in 
 (embeddings, classification), or its generation in a CTranslate2 Generator / Translator
 (decoding, summarization), built from lightpipe's loaded weights at load time (not counted,
 like every conversion); the gap between it and the bare CTranslate2 column is what lightpipe's
-pipeline costs around the same engine.
+pipeline costs around the same engine, within this run's drift: benchmarks/ct2_overhead.py
+measures that gap with the two taking turns call by call.
 
 How the rivals are driven, where they lack a pipeline:
   - ORT encoders: our loop over length-sorted batches of 32 (as sentence-transformers does),

@@ -18,12 +18,8 @@ from pathlib import Path
 import torch
 
 from tiny import (T5_TASKS, bart_checkpoint, bpe_tokenizer, causal_lm_checkpoint, encoder_checkpoint,
-                  marian_checkpoint, mbart50_checkpoint, qwen2_tokenizer, save_checkpoint, t5_checkpoint)
+                  labels, marian_checkpoint, mbart50_checkpoint, qwen2_tokenizer, save_checkpoint, t5_checkpoint)
 from tiny_seq2seq import nllb_checkpoint
-
-
-def labels(names) -> dict:
-    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
 SST2 = labels(["NEGATIVE", "POSITIVE"])

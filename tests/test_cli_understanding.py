@@ -7,7 +7,7 @@ import pytest
 
 from lightpipe import pipeline
 from lightpipe.cli import main
-from tiny import encoder_checkpoint, sentences
+from tiny import encoder_checkpoint, labels, sentences
 
 pytestmark = pytest.mark.unit
 
@@ -17,14 +17,10 @@ BIO = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 NLI = ["contradiction", "neutral", "entailment"]
 
 
-def labels_config(names):
-    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
-
-
 @pytest.fixture(scope="module")
 def ner_folder(tmp_path_factory):
     return encoder_checkpoint(tmp_path_factory.mktemp("ner"), "bert", "token-classification", lowercase=False,
-                              **labels_config(BIO))
+                              **labels(BIO))
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +31,7 @@ def qa_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def nli_folder(tmp_path_factory):
     return encoder_checkpoint(tmp_path_factory.mktemp("nli"), "bert", "sequence-classification",
-                              initializer_range=0.2, **labels_config(NLI))
+                              initializer_range=0.2, **labels(NLI))
 
 
 def run_cli(capsys, *argv):

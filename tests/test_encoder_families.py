@@ -26,9 +26,9 @@ from compare import assert_found_entities, assert_same
 from lightpipe import loading, pipeline
 from lightpipe.loading import load_model
 from test_ner_qa_zeroshot import (BIO, CONTEXTS, LABELS, LONG, NER_TEXTS, QUESTION, SHORT, ZS_TEXTS,
-                                  assert_same_ranking, labels_config, nli_checkpoint, plain)
+                                  assert_same_ranking, nli_checkpoint, plain)
 from test_sentence_embedding import to_classic
-from tiny import SMALL_ENCODERS, encoder_checkpoint, sentences
+from tiny import SMALL_ENCODERS, encoder_checkpoint, labels, sentences
 
 pytestmark = pytest.mark.parity
 
@@ -267,7 +267,7 @@ def test_bad_configs_are_clear_errors(checkpoint, tmp_path):
 SST2 = {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "label2id": {"NEGATIVE": 0, "POSITIVE": 1}}
 BUILDERS = {
     "cls": lambda folder, family: encoder_checkpoint(folder, family, "sequence-classification", **SST2),
-    "ner": lambda folder, family: encoder_checkpoint(folder, family, "token-classification", **labels_config(BIO)),
+    "ner": lambda folder, family: encoder_checkpoint(folder, family, "token-classification", **labels(BIO)),
     "qa": lambda folder, family: encoder_checkpoint(folder, family, "question-answering"),
     "mlm": lambda folder, family: encoder_checkpoint(folder, family, "masked-lm"),
     "base": lambda folder, family: encoder_checkpoint(folder, family, "base"),

@@ -28,15 +28,11 @@ from fresh import Fresh, assert_clean, free_port, lightpipe_command
 from fresh_checks import CHAT, GREEDY, MINILM, NAMES, TEXTS, Checks
 from tiny import bart_checkpoint, bpe_tokenizer, encoder_checkpoint, marian_checkpoint, save_checkpoint, t5_checkpoint
 from tiny import spm_encoder_checkpoint
-from tiny import write_generation_config
+from tiny import labels, write_generation_config
 
 pytestmark = pytest.mark.fresh
 
 SST2 = {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "label2id": {"NEGATIVE": 0, "POSITIVE": 1}}
-
-
-def labels(names):
-    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
 # A chat template in the style of Qwen2 / Llama 3 instruct models: `{%- -%}` trimming, the BOS

@@ -12,7 +12,7 @@ import transformers
 
 from compare import assert_found_entities, assert_same
 from lightpipe import pipeline
-from tiny import bpe_tokenizer, encoder_checkpoint, save_checkpoint, sentences
+from tiny import bpe_tokenizer, encoder_checkpoint, labels, save_checkpoint, sentences
 
 pytestmark = pytest.mark.parity
 
@@ -25,10 +25,6 @@ BIO = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-M
 PLAIN = ["O", "PER", "ORG", "LOC"]
 NLI = ["contradiction", "neutral", "entailment"]
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def labels_config(names):
-    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
 def plain(results):
@@ -55,7 +51,7 @@ def ner(request, tmp_path_factory):
     kind = request.param
     extra = {"lowercase": False} if kind == "bert" else {}  # a cased WordPiece, like the course's dbmdz model
     folder = encoder_checkpoint(tmp_path_factory.mktemp(f"ner-{kind}"), kind, "token-classification",
-                                **labels_config(NER_MODELS[kind]), **extra)
+                                **labels(NER_MODELS[kind]), **extra)
     return pipeline("ner", model=folder), transformers.pipeline("ner", model=str(folder)), folder
 
 
@@ -125,7 +121,7 @@ def test_ner_legacy_flags_and_pipeline_defaults(ner):
 
 def test_ner_entities_span_word_pieces(tmp_path):
     """A word split into pieces is one entity under first/average/max, with exact offsets."""
-    folder = encoder_checkpoint(tmp_path, "bert", "token-classification", lowercase=False, **labels_config(BIO))
+    folder = encoder_checkpoint(tmp_path, "bert", "token-classification", lowercase=False, **labels(BIO))
     ours = pipeline("ner", model=folder)
     text = "Reformatted metaclasses subclassing unhashable descriptors in Zürich."
     tokens = ours(text, ignore_labels=[])
@@ -342,7 +338,7 @@ def nli_checkpoint(folder, kind, names=NLI):
     """A tiny NLI classifier (id2label like facebook/bart-large-mnli's unless `names`). With the
     usual 0.02 init a random encoder gives nearly the same pooled state for every input; 0.2
     makes the pairs differ far above float noise."""
-    encoder_checkpoint(folder, kind, "sequence-classification", initializer_range=0.2, **labels_config(names))
+    encoder_checkpoint(folder, kind, "sequence-classification", initializer_range=0.2, **labels(names))
     model = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder))
     return calibrate(folder, model, transformers.AutoTokenizer.from_pretrained(str(folder)))
 
@@ -357,7 +353,7 @@ def bart_nli_checkpoint(folder):
         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         decoder_start_token_id=tok.eos_token_id, forced_eos_token_id=tok.eos_token_id, init_std=0.2,
-        **labels_config(NLI))
+        **labels(NLI))
     torch.manual_seed(0)
     return calibrate(folder, transformers.BartForSequenceClassification(config), tok)
 
@@ -400,8 +396,9 @@ def test_zero_shot_nli_matches_transformers(nli, kwargs):
 
 def test_zero_shot_label_forms(nli):
     ours, theirs, _ = nli
-    for labels in ("education, politics ,business", ["python code"], "sports", ["a", "a", "b"]):
-        assert_same_ranking(ours(ZS_TEXTS[:2], candidate_labels=labels), theirs(ZS_TEXTS[:2], candidate_labels=labels))
+    for candidates in ("education, politics ,business", ["python code"], "sports", ["a", "a", "b"]):
+        assert_same_ranking(ours(ZS_TEXTS[:2], candidate_labels=candidates),
+                            theirs(ZS_TEXTS[:2], candidate_labels=candidates))
     assert_same_ranking(ours(ZS_TEXTS[:2], LABELS, multi_class=True), theirs(ZS_TEXTS[:2], LABELS, multi_class=True))
     single = ours(SHORT, candidate_labels=["python code"])
     assert 0 < single["scores"][0] < 1  # entailment vs contradiction, not a softmax over one label
@@ -493,7 +490,7 @@ def test_zero_shot_errors(nli, tmp_path):
 
 
 def test_zero_shot_without_entailment_label_is_a_clear_error(tmp_path):
-    folder = encoder_checkpoint(tmp_path, "bert", "sequence-classification", **labels_config(["NEGATIVE", "POSITIVE"]))
+    folder = encoder_checkpoint(tmp_path, "bert", "sequence-classification", **labels(["NEGATIVE", "POSITIVE"]))
     ours = pipeline("zero-shot-classification", model=folder)
     with pytest.raises(ValueError, match="no entailment label"):
         ours(SHORT, candidate_labels=LABELS)

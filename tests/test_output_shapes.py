@@ -21,36 +21,17 @@ import torch
 import transformers
 
 from lightpipe import pipeline
-from tiny import bart_checkpoint, bpe_tokenizer, encoder_checkpoint, save_checkpoint, sentences
+from tiny import bart_checkpoint, chatml_gpt2_checkpoint, encoder_checkpoint, labels, sentences
 
 pytestmark = pytest.mark.parity
 
 TEXTS = ["My name is Sylvain and I work at Hugging Face in Brooklyn.", *sentences(3, start=40)]
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 CHATS = [[{"role": "user", "content": "Explain attention."}],
          [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "What is a class?"}]]
 CONTEXT = " ".join(sentences(3, start=50))
 QUESTIONS = ["Where do I work?", "What is it?"]
 BIO = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 NLI = ["contradiction", "neutral", "entailment"]
-
-
-def labels(names):
-    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
-
-
-def gpt2_checkpoint(folder):
-    tok = bpe_tokenizer(folder, "gpt2")
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tok.chat_template = CHATML
-    config = transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=128,
-                                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8)  # no near-ties on greedy paths
-    return save_checkpoint(folder, model.eval(), tok)
 
 
 # -- comparison ----------------------------------------------------------------------------
@@ -182,7 +163,7 @@ def folders(tmp_path_factory):
             "qa": encoder_checkpoint(mk("qa"), "bert", "question-answering"),
             "mlm": encoder_checkpoint(mk("mlm"), "roberta", "masked-lm"),
             "base": encoder_checkpoint(mk("base"), "bert", "base"),
-            "gpt": gpt2_checkpoint(mk("gpt")),
+            "gpt": chatml_gpt2_checkpoint(mk("gpt")),
             "bart": bart_checkpoint(mk("bart")),
         }
 

@@ -19,7 +19,8 @@ import torch
 from lightpipe import pipeline
 from lightpipe.server import create_app, start_in_thread
 from lightpipe.server import registry as registry_module
-from tiny import bpe_tokenizer, encoder_checkpoint, save_checkpoint, sentences
+from tiny import bpe_tokenizer, encoder_checkpoint, labels, save_checkpoint, sentences
+from tiny import chatml_gpt2_checkpoint as decoder_checkpoint
 
 pytestmark = pytest.mark.server
 
@@ -27,30 +28,8 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SST2 = {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "label2id": {"NEGATIVE": 0, "POSITIVE": 1}}
 BIO = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 NLI = ["contradiction", "neutral", "entailment"]
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 TEXTS = sentences(24, start=60)
 LONG = " ".join(sentences(30, start=10))  # far beyond the tiny models' 64 tokens
-
-
-def labels(names):
-    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
-
-
-def decoder_checkpoint(folder, chat_template=CHATML):
-    """A tiny GPT-2 with a ChatML template (sharpened head: greedy paths without near-ties)."""
-    import transformers
-
-    tok = bpe_tokenizer(folder, "gpt2")
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tok.chat_template = chat_template
-    config = transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=128,
-                                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8)
-    return save_checkpoint(folder, model.eval(), tok)
 
 
 def seq2seq_checkpoint(folder, seed=0):

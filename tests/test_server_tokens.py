@@ -16,7 +16,8 @@ from openai import BadRequestError, OpenAI, UnprocessableEntityError
 
 from lightpipe import pipeline
 from lightpipe.server import create_app, start_in_thread
-from test_server import CHATML, clients_online, decoder_checkpoint, wait_healthy  # noqa: F401 (autouse fixture)
+from test_server import clients_online, decoder_checkpoint, wait_healthy  # noqa: F401 (autouse fixture)
+from tiny import CHATML
 
 pytestmark = pytest.mark.server
 

@@ -11,8 +11,8 @@ import transformers
 
 from compare import assert_found_entities, assert_same
 from lightpipe import pipeline
-from test_ner_qa_zeroshot import NLI, assert_same_ranking, calibrate, labels_config, plain
-from tiny import sentences, spm_encoder_checkpoint
+from test_ner_qa_zeroshot import NLI, assert_same_ranking, calibrate, plain
+from tiny import labels, sentences, spm_encoder_checkpoint
 
 pytestmark = pytest.mark.parity
 
@@ -22,7 +22,7 @@ UNICODE = "Ünïcödé naïve café in Zürich — Ελληνικά 日本語 �
 LONG = " ".join(sentences(8, start=30))  # ~300 tokens: the "saved" tokenizers take 128
 TEXTS = [s for s in sentences(30, start=40) if len(s) < 160][:8] + [SHORT, UNICODE, "Short one."]
 BIO = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
-SST2 = labels_config(["NEGATIVE", "POSITIVE"])
+SST2 = labels(["NEGATIVE", "POSITIVE"])
 LABELS = ["education", "politics", "business", "python code", "sports"]
 
 
@@ -71,7 +71,7 @@ def test_text_classification_matches_transformers(checkpoint, family):
                 ids=lambda p: "-".join(p))
 def ner(request, checkpoint):
     family, form = request.param
-    folder = checkpoint(family, "token-classification", form, **labels_config(BIO))
+    folder = checkpoint(family, "token-classification", form, **labels(BIO))
     return pipeline("ner", model=folder), reference("ner", folder)
 
 
@@ -95,7 +95,7 @@ def test_ner_stride_windows_match_transformers(ner):
 def test_ner_without_a_length_limit(checkpoint):
     """microsoft/deberta-v3-base's tokenizer sets no model_max_length and the model has no position
     table: a long text is one window, as in transformers (which doesn't truncate either)."""
-    folder = checkpoint("deberta-v2", "token-classification", "bare", **labels_config(BIO))
+    folder = checkpoint("deberta-v2", "token-classification", "bare", **labels(BIO))
     ours, theirs = pipeline("ner", model=folder), reference("ner", folder)
     assert ours.max_positions is None and ours.max_input_tokens == 10**9
     text = LONG * 2
@@ -169,7 +169,7 @@ def nli(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"nli-{request.param}")
     names = ["entailment", "neutral", "contradiction"] if request.param == "deberta-v2" else NLI
     spm_encoder_checkpoint(folder, request.param, "sequence-classification", initializer_range=0.2,
-                           **labels_config(names))
+                           **labels(names))
     model = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder))
     calibrate(folder, model, transformers.AutoTokenizer.from_pretrained(str(folder)))
     return pipeline("zero-shot-classification", model=folder), reference("zero-shot-classification", folder)

@@ -12,14 +12,12 @@ import transformers
 from compare import assert_same
 from lightpipe import pipeline
 from lightpipe.pipelines.text_generation import STREAM_CONTEXT
-from tiny import bpe_tokenizer, causal_lm_checkpoint, llama2_tokenizer, llama3_tokenizer, qwen2_tokenizer, sentences
+from tiny import CHATML, bpe_tokenizer, causal_lm_checkpoint, llama2_tokenizer, llama3_tokenizer, qwen2_tokenizer, sentences
 
 pytestmark = pytest.mark.parity
 
 PROMPTS = ["The assert statement", "Python lists are mutable sequences, typically used to store",
            "A class", "Ünïcödé café — naïve"]
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Explain attention in one sentence."}]
 
 

@@ -12,7 +12,7 @@ import transformers
 from compare import assert_same
 from lightpipe import pipeline
 from lightpipe.tokenization.fast import MAX_TRUNCATING_COPIES
-from tiny import bpe_tokenizer, encoder_checkpoint, save_checkpoint, sentences
+from tiny import bpe_tokenizer, encoder_checkpoint, labels, save_checkpoint, sentences
 
 pytestmark = pytest.mark.parity
 
@@ -21,10 +21,6 @@ LONG = " ".join(sentences(10, start=30))  # ~300 tokens: more than the tiny mode
 BIO = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 THREADS = 8
 ROUNDS = 6
-
-
-def labels(names):
-    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
 def gpt2_checkpoint(folder):

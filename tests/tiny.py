@@ -127,6 +127,33 @@ def save_checkpoint(folder: Path, model, tokenizer=None) -> Path:
     return folder
 
 
+def labels(names) -> dict:
+    """config.json's id2label / label2id for a head with these label names."""
+    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+
+# ChatML, the template of Qwen's and many other chat checkpoints
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def chatml_gpt2_checkpoint(folder: Path, chat_template: str = CHATML) -> Path:
+    """A tiny GPT-2 with ChatML's special tokens and a chat template; its head sharpened so
+    greedy paths have no near-ties."""
+    import transformers
+
+    tok = bpe_tokenizer(folder, "gpt2")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = chat_template
+    config = transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8)
+    return save_checkpoint(folder, model.eval(), tok)
+
+
 def seeded(seed: int = 0):
     torch.manual_seed(seed)
 

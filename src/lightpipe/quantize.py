@@ -136,7 +136,7 @@ def quantize_int8(model: nn.Module, skip: tuple[str, ...] = (), dynamic_activati
         else:
             setattr(parent, child, Int8Linear.from_linear(module))
     for module in model.modules():
-        if hasattr(module, "qkv_weight"):  # a float fusion of q/k/v (bert.Layer.fuse_qkv): they are int8 now
+        if hasattr(module, "qkv_weight"):  # a float fusion of q/k/v (common.fuse_qkv): they are int8 now
             del module.qkv_weight, module.qkv_bias
     if isinstance(model, Model):  # the head is its own int8 tensor now: nothing to tie any more
         model.tied_weights = []

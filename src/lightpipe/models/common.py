@@ -61,6 +61,31 @@ def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> tor
     return padding_bias(attention_mask, dtype)
 
 
+def fuse_qkv(layer: nn.Module, linears) -> None:
+    """Give an encoder layer one (3C, C) matmul for its query/key/value linears (0-5% off a
+    forward on CPU): they become row views of the fused weight, kept as the non-persistent
+    buffers qkv_weight / qkv_bias, so state_dict names and memory stay as loaded.
+    quantize_int8 drops the fusion again: the three then run in int8."""
+    weight = torch.cat([m.weight for m in linears])  # (3C, C)
+    bias = torch.cat([m.bias for m in linears])
+    for part, m in enumerate(linears):
+        rows = slice(part * m.out_features, (part + 1) * m.out_features)
+        m.weight = nn.Parameter(weight[rows], requires_grad=False)
+        m.bias = nn.Parameter(bias[rows], requires_grad=False)
+    layer.register_buffer("qkv_weight", weight, persistent=False)
+    layer.register_buffer("qkv_bias", bias, persistent=False)
+
+
+def qkv_heads(layer: nn.Module, linears, x: torch.Tensor, n_heads: int):
+    """q, k, v (B, H, T, D) of `x`: through the layer's fused weight (fuse_qkv), else (a model
+    built by hand, not through load_model, or quantized) through the three linears."""
+    if hasattr(layer, "qkv_weight"):
+        B, T, C = x.shape
+        qkv = F.linear(x, layer.qkv_weight, layer.qkv_bias).view(B, T, 3, n_heads, C // n_heads)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    return tuple(split_heads(m(x), n_heads) for m in linears)
+
+
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     B, T, C = x.shape
     return x.view(B, T, n_heads, C // n_heads).transpose(1, 2)  # (B, H, T, D)
