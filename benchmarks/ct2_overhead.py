@@ -3,12 +3,16 @@ against the bare CTranslate2 engine it wraps, head to head, on rivals.py's decod
 size, 1 prompt and 8 together, greedy, exactly 64 new tokens) and its summarization row
 (distilbart-cnn-12-6 size, 4 documents, 4 beams, max_length 142), float32 and int8.
 
-    python benchmarks/ct2_overhead.py [--quick] [--rounds 5] [--threads 2] [--only decoding|summarization]
+    python benchmarks/ct2_overhead.py [--quick] [--rounds 5] [--loads 2] [--threads 2] [--only decoding|summarization]
 
 Why a second benchmark: rivals.py times its engines one after another, each for a few calls.
 On a VM whose speed drifts by 10% over minutes, that can't resolve the few percent between two
 runs of the same engine. Here both are loaded together and take turns call by call (A B A B
-...), each row reporting the best of --rounds calls each, so drift hits both alike.
+...), each row reporting the best of --rounds calls each, so drift hits both alike. And one
+load of an engine can run a few percent faster or slower than another load of the same files
+for as long as it lives (where its weights land in memory, on a VM sharing its caches and
+memory bandwidth): each side is loaded --loads times, all taking turns, and a row gives each
+side's best load and the spread between its loads.
 
 Same inputs, same threads (torch.set_num_threads and intra_threads), tokenization counted for
 both, as in rivals.py; the bare engine is CTranslate2's own conversion of the same checkpoint
@@ -51,11 +55,18 @@ def alternate(calls: dict, rounds: int) -> dict:
     return best
 
 
-def report(row: str, compute: str, items: int, unit: str, best: dict) -> None:
-    (ours, ours_out), (bare, bare_out) = best["lightpipe"], best["bare"]
+def report(row: str, compute: str, items: int, best: dict) -> None:
+    """One row: each side's best rate over its loads (and the spread between its loads), their
+    ratio, and how many outputs of its first loads agree."""
+    def side(name):
+        times = [seconds for key, (seconds, _) in best.items() if key.startswith(name)]
+        return items / min(times), items / max(times), best[f"{name} 0"][1]
+
+    (ours, ours_low, ours_out), (bare, bare_low, bare_out) = side("lightpipe"), side("bare")
     same = sum(a == b for a, b in zip(ours_out, bare_out))
-    print(f"  {row:<24} {compute:<8} lightpipe ct2 {items / ours:8.3g} {unit}   bare CTranslate2 {items / bare:8.3g} "
-          f"{unit}   {bare / ours:5.3f}x   same ids {same}/{len(bare_out)}", flush=True)
+    print(f"  {row:<20} {compute:<8} lightpipe ct2 {ours:6.3g} (loads {ours_low:.3g}-{ours:.3g})   bare CTranslate2 "
+          f"{bare:6.3g} (loads {bare_low:.3g}-{bare:.3g})   {ours / bare:5.3f}x   same ids {same}/{len(bare_out)}",
+          flush=True)
 
 
 def decoding(args) -> None:
@@ -70,19 +81,25 @@ def decoding(args) -> None:
     tok = transformers.AutoTokenizer.from_pretrained(str(folder))
     n = args.new_tokens
     print(f"\nGPT-2-small size (random weights), greedy, {n} new tokens each, {args.threads} threads, tok/s")
-    def rows(compute, quantize):
-        ours = pipeline("text-generation", model=folder, quantize=quantize, backend="ctranslate2")
-        bare = ctranslate2.Generator(str(converted), compute_type=compute, **rivals.ct2_threads(args.threads))
 
-        def lightpipe(texts):
-            out = ours(texts, do_sample=False, max_new_tokens=n, min_new_tokens=n, return_tensors=True,
+    def rows(compute, quantize):
+        ours = [pipeline("text-generation", model=folder, quantize=quantize, backend="ctranslate2")
+                for _ in range(args.loads)]
+        bare = [ctranslate2.Generator(str(converted), compute_type=compute, **rivals.ct2_threads(args.threads))
+                for _ in range(args.loads)]
+
+        def lightpipe(pipe, texts):
+            out = pipe(texts, do_sample=False, max_new_tokens=n, min_new_tokens=n, return_tensors=True,
                        batch_size=len(texts))
             return [r[0]["generated_token_ids"][-n:].tolist() for r in out]
 
         for row, texts in zip(["1 prompt", f"{len(args.prompts)} prompts together"], [args.prompt, args.prompts]):
-            calls = {"lightpipe": lambda t=texts: lightpipe(t), "bare": lambda t=texts: rivals.ct2_generate(bare, tok, t, n)}
+            calls = {}
+            for i in range(args.loads):
+                calls[f"lightpipe {i}"] = lambda p=ours[i], t=texts: lightpipe(p, t)
+                calls[f"bare {i}"] = lambda g=bare[i], t=texts: rivals.ct2_generate(g, tok, t, n)
             alternate(calls, 1)  # warm-up
-            report(row, compute, n * len(texts), "tok/s", alternate(calls, args.rounds))
+            report(row, compute, n * len(texts), alternate(calls, args.rounds))
 
     for compute, quantize in COMPUTE:
         rows(compute, quantize)  # its engines go when it returns
@@ -110,12 +127,15 @@ def summarization(args) -> None:
         return [int(i) for i in ids if int(i) not in special]
 
     def row(compute, quantize):
-        ours = pipeline("summarization", model=folder, quantize=quantize, backend="ctranslate2")
-        bare = ctranslate2.Translator(str(converted), compute_type=compute, **rivals.ct2_threads(args.threads))
-        calls = {"lightpipe": lambda: [content(r["summary_token_ids"]) for r in ours(
-                     docs, batch_size=len(docs), return_tensors=True, **settings)],
-                 "bare": lambda: [content(ids) for ids in rivals.ct2_summarize(bare, tok, vocabulary, docs, bare_settings)]}
-        report("summarization", compute, len(docs), "docs/s", alternate(calls, args.rounds))
+        calls = {}
+        for i in range(args.loads):
+            ours = pipeline("summarization", model=folder, quantize=quantize, backend="ctranslate2")
+            bare = ctranslate2.Translator(str(converted), compute_type=compute, **rivals.ct2_threads(args.threads))
+            calls[f"lightpipe {i}"] = lambda p=ours: [content(r["summary_token_ids"]) for r in p(
+                docs, batch_size=len(docs), return_tensors=True, **settings)]
+            calls[f"bare {i}"] = lambda t=bare: [content(ids) for ids in rivals.ct2_summarize(t, tok, vocabulary, docs,
+                                                                                            bare_settings)]
+        report("summarization", compute, len(docs), alternate(calls, args.rounds))
 
     for compute, quantize in COMPUTE:
         row(compute, quantize)
@@ -127,6 +147,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a check that it runs: 8 new tokens, 1 document "
                                                              "summarized to 24 tokens, 1 round")
     parser.add_argument("--rounds", type=int, help="calls each engine makes per row (default 5; 3 for summarization)")
+    parser.add_argument("--loads", type=int, default=2, help="engines of each side, loaded side by side (default 2)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["decoding", "summarization"])
     args = parser.parse_args()
