@@ -7,7 +7,7 @@ size, 1 prompt and 8 together, greedy, exactly 64 new tokens) and its summarizat
 
 Why a second benchmark: rivals.py times its engines one after another, each for a few calls.
 On a VM whose speed drifts by 10% over minutes, that can't resolve the few percent between two
-runs of the same engine. Here both are loaded together and take turns call by call (A B A B
+columns that run the same engine. Here both are loaded together and take turns call by call (A B A B
 ...), each row reporting the best of --rounds calls each, so drift hits both alike. And one
 load of an engine can run a few percent faster or slower than another load of the same files
 for as long as it lives (where its weights land in memory, on a VM sharing its caches and

@@ -110,9 +110,8 @@ def decoder_spec(model: nn.Module, config: dict):
     # the engine is always told its end tokens; these names only have to be in the vocabulary
     spec.config.bos_token = spec.config.eos_token = spec.config.unk_token = token(0)
     spec.validate()
-    body = model.transformer if config["model_type"] == "gpt2" else model.model
-    tie(spec, {"decoder/embeddings/weight": (body.wte if config["model_type"] == "gpt2" else body.embed_tokens).weight,
-               "decoder/projection/weight": model.lm_head.weight})
+    embeddings = model.transformer.wte if config["model_type"] == "gpt2" else model.model.embed_tokens
+    tie(spec, {"decoder/embeddings/weight": embeddings.weight, "decoder/projection/weight": model.lm_head.weight})
     return spec
 
 
