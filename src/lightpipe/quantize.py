@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models.base import Model
-from .models.common import Conv1D
+from .models.common import Conv1D, drop_qkv_fusions
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,9 +135,7 @@ def quantize_int8(model: nn.Module, skip: tuple[str, ...] = (), dynamic_activati
             setattr(parent, child, Int8DynamicLinear(weight, module.bias))
         else:
             setattr(parent, child, Int8Linear.from_linear(module))
-    for module in model.modules():
-        if hasattr(module, "qkv_weight"):  # a float fusion of q/k/v (common.fuse_qkv): they are int8 now
-            del module.qkv_weight, module.qkv_bias
+    drop_qkv_fusions(model)
     if isinstance(model, Model):  # the head is its own int8 tensor now: nothing to tie any more
         model.tied_weights = []
         model.tie_weights = lambda: None

@@ -65,7 +65,7 @@ def fuse_qkv(layer: nn.Module, linears) -> None:
     """Give an encoder layer one (3C, C) matmul for its query/key/value linears (0-5% off a
     forward on CPU): they become row views of the fused weight, kept as the non-persistent
     buffers qkv_weight / qkv_bias, so state_dict names and memory stay as loaded.
-    quantize_int8 drops the fusion again: the three then run in int8."""
+    quantize_int8 drops the fusion again (drop_qkv_fusions): the three then run in int8."""
     weight = torch.cat([m.weight for m in linears])  # (3C, C)
     bias = torch.cat([m.bias for m in linears])
     for part, m in enumerate(linears):
@@ -74,6 +74,14 @@ def fuse_qkv(layer: nn.Module, linears) -> None:
         m.bias = nn.Parameter(bias[rows], requires_grad=False)
     layer.register_buffer("qkv_weight", weight, persistent=False)
     layer.register_buffer("qkv_bias", bias, persistent=False)
+
+
+def drop_qkv_fusions(model: nn.Module) -> None:
+    """Undo fuse_qkv in every layer of `model` (quantize_int8: the three linears are int8 now,
+    and the float fusion would run instead of them and keep its memory)."""
+    for module in model.modules():
+        if hasattr(module, "qkv_weight"):
+            del module.qkv_weight, module.qkv_bias
 
 
 def qkv_heads(layer: nn.Module, linears, x: torch.Tensor, n_heads: int):
